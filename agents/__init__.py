@@ -1,0 +1,3 @@
+"""Stream processors: the consumers that apply change events."""
+
+__all__: list[str] = []

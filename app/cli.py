@@ -1,0 +1,98 @@
+"""The ``aesop`` command: check, worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from app import settings as settings_module
+from app.errors import AesopError
+from app.settings import Settings
+
+
+def check_sources(settings: Settings, checkpoints: dict[str, object] | None = None) -> list[str]:
+    """Preflight every source; returns one line per source, errors first-class."""
+    from relay import server
+    from relay.position import Checkpoint
+
+    lines = []
+    for source in settings.sources:
+        stored = (checkpoints or {}).get(source.name)
+        checkpoint = Checkpoint.from_json(stored) if stored else None
+        try:
+            start = server.preflight(source, checkpoint)
+        except AesopError as exc:
+            lines.append(f"error: {exc}")
+        else:
+            origin = "checkpoint" if checkpoint else f"start = {source.start}"
+            lines.append(f"ok: source {source.name!r}: reads from {start.position} ({origin})")
+    return lines
+
+
+def mirrored_checkpoints(settings: Settings) -> dict[str, object]:
+    """Relay checkpoints from the ZooKeeper mirror, read without a worker."""
+    from tables.zookeeper import ZooKeeperMirror
+
+    async def read() -> dict[str, object]:
+        zk = ZooKeeperMirror(settings.zookeeper, settings.zk_root)
+        await zk.start()
+        try:
+            if not await zk.wait_connected(5.0):
+                raise AesopError(
+                    f"cannot reach ZooKeeper at {settings.zookeeper}; is it running? "
+                    '(set zookeeper = "" to run without the mirror)'
+                )
+            found = {}
+            for source in settings.sources:
+                document = await zk.read(f"/relays/{source.name}")
+                if document is not None:
+                    found[source.name] = document
+            return found
+        finally:
+            await zk.stop()
+
+    if not settings.zookeeper_enabled:
+        return {}
+    return asyncio.run(read())
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    lines = check_sources(settings, mirrored_checkpoints(settings))
+    for line in lines:
+        print(line)
+    if not settings.sources:
+        print(f"ok: {settings.path}: no [[source]]; nothing to check")
+    return 1 if any(line.startswith("error") for line in lines) else 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", args.loglevel]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aesop", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $AESOP_CONFIG or ./aesop.toml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("check", help="validate the config and every source")
+    worker = commands.add_parser("worker", help="run a worker: relays and consumers")
+    worker.add_argument("-l", "--loglevel", default="info")
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ["AESOP_CONFIG"] = args.config
+    try:
+        settings = settings_module.load()
+        return {"check": cmd_check, "worker": cmd_worker}[args.command](settings, args)
+    except AesopError as exc:
+        print(f"aesop: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

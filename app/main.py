@@ -1,0 +1,33 @@
+"""Builds the one faust.App from the settings; nothing else constructs a faust.App."""
+
+from __future__ import annotations
+
+import sys
+
+import faust
+
+from app import settings as settings_module
+from app.errors import ConfigError
+
+try:
+    settings = settings_module.load()
+except ConfigError as exc:
+    # Reached from `faust -A app worker`: a config error is one line and exit 2, no traceback.
+    print(f"aesop: {exc}", file=sys.stderr)
+    raise SystemExit(exc.exit_code) from None
+
+app = faust.App(
+    settings.id,
+    broker=settings.kafka,
+    store="memory://",
+    topic_partitions=settings.partitions,
+    web_port=settings.web_port,
+    web_bind="127.0.0.1",
+    web_host="127.0.0.1",
+    producer_acks=-1,
+    # Rows of one key must never be reordered by a retry.
+    producer_max_batch_size=256 * 1024,
+    producer_linger_ms=5,
+    autodiscover=["tables", "relay", "agents"],
+    origin="app",
+)

@@ -1,0 +1,37 @@
+"""One retry policy (delay, backoff, jitter, cap, deadline), shared by everything that reconnects."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter around the nominal delay.
+
+    ``deadline`` is in seconds from the first attempt; ``None`` retries forever, which is
+    what a relay wants: giving up on a source would stall it silently.
+    """
+
+    initial: float = 0.5
+    multiplier: float = 2.0
+    maximum: float = 30.0
+    jitter: float = 0.25
+    deadline: float | None = None
+
+    def delays(self) -> Iterator[float]:
+        """Yield the wait before each retry; stops when the deadline would be passed."""
+        started = time.monotonic()
+        nominal = self.initial
+        while True:
+            delay = nominal * (1 + random.uniform(-self.jitter, self.jitter))
+            if self.deadline is not None and time.monotonic() + delay - started > self.deadline:
+                return
+            yield delay
+            nominal = min(nominal * self.multiplier, self.maximum)
+
+
+RECONNECT = RetryPolicy()

@@ -1,0 +1,303 @@
+"""The one frozen, typed settings object, built once from the TOML file and AESOP_* variables."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from app.errors import ConfigError
+
+SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+START_RE = re.compile(r"^(earliest|latest|[^:\s]+\.\d+:\d+|gtid:.+)$")
+
+
+@dataclass(frozen=True)
+class MySQLURL:
+    """Where a MySQL/MariaDB server is; the password is kept out of repr and str."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    database: str | None = None
+
+    def connect_args(self) -> dict[str, Any]:
+        """Keyword arguments for pymysql.connect."""
+        args: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+        }
+        if self.database:
+            args["database"] = self.database
+        return args
+
+    def __str__(self) -> str:
+        db = f"/{self.database}" if self.database else ""
+        return f"mysql://{self.user}@{self.host}:{self.port}{db}"
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """One [[source]]: a server whose binlog one reader follows."""
+
+    name: str
+    mysql: MySQLURL
+    server_id: int
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    start: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """One [[consumer]]: a named consumer group of agents."""
+
+    name: str
+    topics: tuple[str, ...]
+    handler: str
+    mysql: MySQLURL | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything aesop is configured with; build it with :func:`load`."""
+
+    path: Path
+    id: str = "aesop"
+    kafka: str = "kafka://127.0.0.1:9092"
+    zookeeper: str = "127.0.0.1:2181"
+    zk_root: str = "/aesop"
+    web_port: int = 6066
+    partitions: int = 8
+    sources: tuple[SourceSettings, ...] = ()
+    consumers: tuple[ConsumerSettings, ...] = ()
+
+    @property
+    def zookeeper_enabled(self) -> bool:
+        return bool(self.zookeeper)
+
+    def source(self, name: str) -> SourceSettings:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
+
+
+# The keys each section accepts, with the TOML type each must have.
+AESOP_KEYS: dict[str, type] = {
+    "id": str,
+    "kafka": str,
+    "zookeeper": str,
+    "zk_root": str,
+    "web_port": int,
+    "partitions": int,
+}
+SOURCE_KEYS: dict[str, tuple[type, bool]] = {
+    "name": (str, True),
+    "mysql": (str, True),
+    "server_id": (int, True),
+    "include": (list, False),
+    "exclude": (list, False),
+    "start": (str, False),
+    "topic": (str, False),
+}
+CONSUMER_KEYS: dict[str, tuple[type, bool]] = {
+    "name": (str, True),
+    "topics": (list, True),
+    "handler": (str, True),
+    "mysql": (str, False),
+}
+
+
+class _Checker:
+    """Turns a parsed TOML document into checked values, naming the file and key on error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {where}: {message}")
+
+    def table(self, where: str, raw: Any, keys: Mapping[str, tuple[type, bool]]) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail(where, "must be a table")
+        unknown = sorted(set(raw) - set(keys))
+        if unknown:
+            raise self.fail(
+                f"{where}.{unknown[0]}",
+                f"unknown key; known keys are {', '.join(sorted(keys))}",
+            )
+        for key, (kind, required) in keys.items():
+            if key not in raw:
+                if required:
+                    raise self.fail(f"{where}.{key}", "is required")
+                continue
+            self.check_type(f"{where}.{key}", raw[key], kind)
+        return raw
+
+    def check_type(self, where: str, value: Any, kind: type) -> None:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            raise self.fail(where, f"must be {kind.__name__}, got {value!r}")
+        if kind is list and not all(isinstance(v, str) and v for v in value):
+            raise self.fail(where, "must be a list of non-empty strings")
+
+    def mysql_url(self, where: str, url: str) -> MySQLURL:
+        parts = urlsplit(url)
+        if parts.scheme != "mysql" or not parts.hostname:
+            raise self.fail(where, "must look like mysql://user:password@host:3306[/db]")
+        try:
+            port = parts.port or 3306
+        except ValueError as exc:
+            raise self.fail(where, f"bad port ({exc})") from None
+        database = parts.path.lstrip("/") or None
+        return MySQLURL(
+            host=parts.hostname,
+            port=port,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            database=database,
+        )
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for key, kind in AESOP_KEYS.items():
+        name = f"AESOP_{key.upper()}"
+        if name not in env:
+            continue
+        raw = env[name]
+        if kind is int:
+            try:
+                overrides[key] = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name}={raw!r}: must be an integer") from None
+        else:
+            overrides[key] = raw
+    return overrides
+
+
+def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
+    where = f"[[source]] #{index + 1}"
+    table = checker.table(where, raw, SOURCE_KEYS)
+    name = table["name"]
+    where = f"[[source]] {name!r}"
+    if not NAME_RE.match(name):
+        raise checker.fail(f"{where}.name", "must match [a-z0-9_-]+")
+    server_id = table["server_id"]
+    if not 1 <= server_id < 2**32:
+        raise checker.fail(f"{where}.server_id", "must be between 1 and 4294967295")
+    start = table.get("start", "earliest")
+    if not START_RE.match(start):
+        raise checker.fail(
+            f"{where}.start",
+            f"{start!r} is not earliest, latest, 'mysql-bin.000003:4' or 'gtid:<set>'",
+        )
+    include = tuple(table.get("include", ()))
+    exclude = tuple(table.get("exclude", ()))
+    for pattern in include + exclude:
+        if "." not in pattern:
+            raise checker.fail(f"{where}.include", f"{pattern!r} must be a db.table glob")
+    return SourceSettings(
+        name=name,
+        mysql=checker.mysql_url(f"{where}.mysql", table["mysql"]),
+        server_id=server_id,
+        include=include,
+        exclude=exclude,
+        start=start,
+        topic=table.get("topic", f"aesop.{name}"),
+    )
+
+
+def _consumer(checker: _Checker, index: int, raw: Any) -> ConsumerSettings:
+    where = f"[[consumer]] #{index + 1}"
+    table = checker.table(where, raw, CONSUMER_KEYS)
+    name = table["name"]
+    where = f"[[consumer]] {name!r}"
+    if not NAME_RE.match(name):
+        raise checker.fail(f"{where}.name", "must match [a-z0-9_-]+")
+    if not table["topics"]:
+        raise checker.fail(f"{where}.topics", "must name at least one topic")
+    handler = table["handler"]
+    if handler not in ("mysql", "route") and ":" not in handler:
+        raise checker.fail(f"{where}.handler", "must be mysql, route or 'package.module:function'")
+    mysql = table.get("mysql")
+    if handler == "mysql" and not mysql:
+        raise checker.fail(f"{where}.mysql", 'is required when handler = "mysql"')
+    return ConsumerSettings(
+        name=name,
+        topics=tuple(table["topics"]),
+        handler=handler,
+        mysql=checker.mysql_url(f"{where}.mysql", mysql) if mysql else None,
+    )
+
+
+def _unique(checker: _Checker, section: str, what: str, values: list[Any]) -> None:
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise checker.fail(section, f"duplicate {what} {value!r}; each must be unique")
+        seen.add(value)
+
+
+def load(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read and check the config: path from ``AESOP_CONFIG`` (default ./aesop.toml)."""
+    env = os.environ if env is None else env
+    file = Path(path or env.get("AESOP_CONFIG") or "aesop.toml")
+    checker = _Checker(file)
+    try:
+        document = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{file}: no such config file; create it or set AESOP_CONFIG to its path"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML ({exc})") from None
+
+    unknown = sorted(set(document) - {"aesop", "source", "consumer"})
+    if unknown:
+        raise checker.fail(
+            unknown[0], "unknown section; known are [aesop], [[source]], [[consumer]]"
+        )
+    top = checker.table(
+        "[aesop]", document.get("aesop", {}), {k: (t, False) for k, t in AESOP_KEYS.items()}
+    )
+    top = {**top, **_env_overrides(env)}
+    for key, kind in AESOP_KEYS.items():
+        if key in top:
+            checker.check_type(f"[aesop].{key}", top[key], kind)
+    if "id" in top and not NAME_RE.match(top["id"]):
+        raise checker.fail("[aesop].id", "must match [a-z0-9_-]+")
+    if not 1 <= top.get("partitions", 8) <= 1024:
+        raise checker.fail("[aesop].partitions", "must be between 1 and 1024")
+    if not 0 < top.get("web_port", 6066) < 65536:
+        raise checker.fail("[aesop].web_port", "must be a TCP port")
+    zk_root = top.get("zk_root", "/aesop")
+    if not zk_root.startswith("/") or zk_root.endswith("/"):
+        raise checker.fail("[aesop].zk_root", "must start with / and not end with /")
+
+    raw_sources = document.get("source", [])
+    raw_consumers = document.get("consumer", [])
+    if not isinstance(raw_sources, list) or not isinstance(raw_consumers, list):
+        raise checker.fail("source", "write sources as [[source]] and consumers as [[consumer]]")
+    sources = tuple(_source(checker, i, raw) for i, raw in enumerate(raw_sources))
+    consumers = tuple(_consumer(checker, i, raw) for i, raw in enumerate(raw_consumers))
+    _unique(checker, "[[source]]", "name", [s.name for s in sources])
+    _unique(checker, "[[source]]", "server_id", [s.server_id for s in sources])
+    _unique(checker, "[[source]]", "topic", [s.topic for s in sources])
+    _unique(checker, "[[consumer]]", "name", [c.name for c in consumers])
+    return Settings(path=file, sources=sources, consumers=consumers, **top)

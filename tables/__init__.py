@@ -1,0 +1,3 @@
+"""Changelog-backed state mirrored to ZooKeeper: relay checkpoints and consumer positions."""
+
+__all__ = ["checkpoints", "zookeeper"]

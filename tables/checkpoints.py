@@ -1,0 +1,57 @@
+"""Relay checkpoints: the changelog-backed ``source_to_checkpoint`` table, mirrored to ZooKeeper.
+
+The relay writes checkpoints itself (it is not a stream processor), so it picks the
+changelog partition of each source explicitly; the worker that holds that partition as
+active is the one that runs the source's reader.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from app.main import app, settings
+from relay.position import Checkpoint
+from tables.zookeeper import ZooKeeperMirror
+
+source_to_checkpoint = app.Table(
+    "source_to_checkpoint",
+    default=None,
+    partitions=settings.partitions,
+    help="Relay checkpoint per source: {file, pos, gtid, scn, row, ts_ms}.",
+)
+
+mirror = ZooKeeperMirror(settings.zookeeper, settings.zk_root, loop=app.loop, beacon=app.beacon)
+app.service(mirror)
+
+
+def partition_of(source_name: str) -> int:
+    """The changelog partition holding a source's checkpoint; stable across workers."""
+    return zlib.crc32(source_name.encode()) % settings.partitions
+
+
+def relay_path(source_name: str) -> str:
+    return f"/relays/{source_name}"
+
+
+class CheckpointStore:
+    """Reads and writes checkpoints: table first, ZooKeeper mirror second."""
+
+    def __init__(self, table: Any = source_to_checkpoint, zk: ZooKeeperMirror = mirror) -> None:
+        self.table = table
+        self.zk = zk
+
+    def stored(self, source_name: str) -> Checkpoint | None:
+        data = self.table.data.get(source_name)
+        return None if data is None else Checkpoint.from_json(data)
+
+    async def mirrored(self, source_name: str) -> Checkpoint | None:
+        data = await self.zk.read(relay_path(source_name))
+        return None if data is None else Checkpoint.from_json(data)
+
+    async def save(self, source_name: str, checkpoint: Checkpoint) -> None:
+        """Write to the table's changelog and wait for Kafka's ack; then mirror, lazily."""
+        document = checkpoint.to_json()
+        self.table.data[source_name] = document
+        await self.table.send_changelog(partition_of(source_name), source_name, document)
+        self.zk.publish(relay_path(source_name), document)
