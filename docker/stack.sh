@@ -1,0 +1,409 @@
+#!/usr/bin/env bash
+# Local stack on 127.0.0.1: MariaDB 3306, ZooKeeper 2181, Kafka 9092.
+# All state lives in <repo>/.stack; only processes recorded in its pid files are ever stopped.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: docker/stack.sh COMMAND [SERVICE]
+  up                 install what is missing, start every service not running
+  down               stop every service (mariadb, kafka, zookeeper)
+  status             one line per service
+  start SERVICE      start one service (mariadb | zookeeper | kafka)
+  stop SERVICE       stop one service
+  restart SERVICE    stop then start one service
+  logs               print the paths of the log files
+  reset              down, then delete all stack data (keeps the Kafka jars)
+EOF
+}
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DOCKER="$ROOT/docker"
+STACK="$ROOT/.stack"
+HOST=127.0.0.1
+PATH="$PATH:/usr/sbin:/sbin"   # mariadbd lives in /usr/sbin
+SERVICES=(zookeeper kafka mariadb)   # start order; stop order is the reverse
+
+KAFKA_LIBS="$STACK/kafka/libs"
+KAFKA_MARKER_JAR="kafka_2.13-3.9.1.jar"
+ZK_CLASSPATH="/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar"
+
+log() { echo "stack: $*"; }
+die() { echo "stack: error: $*" >&2; exit 1; }
+
+port_of() {
+  case "$1" in
+    mariadb) echo 3306 ;;
+    zookeeper) echo 2181 ;;
+    kafka) echo 9092 ;;
+    *) die "unknown service '$1' (mariadb | zookeeper | kafka)" ;;
+  esac
+}
+
+main_log_of() {
+  case "$1" in
+    mariadb) echo "$STACK/mariadb/mariadb.log" ;;
+    zookeeper) echo "$STACK/zookeeper/zookeeper.log" ;;
+    kafka) echo "$STACK/kafka/server.log" ;;
+  esac
+}
+
+pidfile_of() { echo "$STACK/$1/$1.pid"; }
+
+# --- processes ---------------------------------------------------------------
+
+# Pid of a running service we started, or nothing. The command line must mention the
+# service's own folder, so a recycled pid is never taken for ours.
+pid_of() {
+  local pidfile pid
+  pidfile="$(pidfile_of "$1")"
+  [[ -s "$pidfile" ]] || return 0
+  pid="$(<"$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  alive "$pid" || return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$STACK/$1/" || return 0
+  echo "$pid"
+}
+
+is_running() { [[ -n "$(pid_of "$1")" ]]; }
+
+port_open() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null
+}
+
+# Start a command detached from our session and terminal; it writes its own pid file
+# right before exec, so the pid is the service's even if setsid has to fork.
+spawn() {
+  local service="$1" out="$2" pidfile i
+  pidfile="$(pidfile_of "$service")"
+  shift 2
+  rm -f "$pidfile"
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$out" 2>&1 9>&- &
+  for ((i = 0; i < 50; i++)); do
+    [[ -s "$pidfile" ]] && return 0
+    sleep 0.1
+  done
+  die "$service: did not start; see $out"
+}
+
+# True while the process exists and is not a zombie (an unreaped zombie still answers kill -0).
+alive() {
+  local state
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "$state" && "$state" != Z ]]
+}
+
+# wait_gone PID SECONDS: true once the process is gone.
+wait_gone() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    alive "$1" || return 0
+    sleep 0.1
+  done
+  ! alive "$1"
+}
+
+stop_service() {
+  local service="$1" timeout="$2" pid
+  pid="$(pid_of "$service")"
+  if [[ -z "$pid" ]]; then
+    rm -f "$(pidfile_of "$service")"
+    log "$service: not running"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_gone "$pid" "$timeout"; then
+    log "$service: still up after ${timeout}s, sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_gone "$pid" 10 || die "$service: pid $pid survived KILL"
+  fi
+  rm -f "$(pidfile_of "$service")"
+  log "$service: stopped (pid $pid)"
+}
+
+# wait_ready SERVICE TIMEOUT CHECK...: poll CHECK until it succeeds; fail with the log tail.
+wait_ready() {
+  local service="$1" timeout="$2" start=$SECONDS
+  shift 2
+  while ((SECONDS - start < timeout)); do
+    if "$@"; then
+      log "$service: ready (pid $(pid_of "$service"), $HOST:$(port_of "$service")) in $((SECONDS - start))s"
+      return 0
+    fi
+    if ! is_running "$service"; then
+      fail_with_log "$service" "exited during start-up"
+    fi
+    sleep 0.5
+  done
+  fail_with_log "$service" "not ready after ${timeout}s"
+}
+
+fail_with_log() {
+  local service="$1" why="$2" file out
+  file="$(main_log_of "$service")"
+  echo "stack: error: $service $why; see $file" >&2
+  [[ -f "$file" ]] && tail -n 20 "$file" >&2
+  # JVM-level failures (no class, no memory) only reach the process's own output.
+  for out in "$STACK/$service"/*.out; do
+    [[ -s "$out" ]] && { echo "--- $out" >&2; tail -n 20 "$out" >&2; }
+  done
+  exit 1
+}
+
+check_port_free() {
+  local service="$1" port
+  port="$(port_of "$service")"
+  if port_open "$port"; then
+    die "$service: port $HOST:$port is already in use by a process this script did not start; stop it first"
+  fi
+}
+
+render() { sed "s|@STACK@|$STACK|g" "$1" >"$2"; }
+
+# --- installation ------------------------------------------------------------
+
+APT_UPDATED=0
+apt_install() {
+  if ((APT_UPDATED == 0)); then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+install_missing() {
+  local pkgs=()
+  command -v mariadbd >/dev/null && command -v mariadb-install-db >/dev/null || pkgs+=(mariadb-server)
+  command -v mariadb-admin >/dev/null || pkgs+=(mariadb-client)
+  [[ -f /usr/share/java/zookeeper.jar ]] || pkgs+=(zookeeper)
+  command -v java >/dev/null || pkgs+=(default-jre-headless)
+  if [[ ! -f "$KAFKA_LIBS/$KAFKA_MARKER_JAR" ]] && ! command -v mvn >/dev/null; then
+    pkgs+=(maven)
+  fi
+  ((${#pkgs[@]} == 0)) || apt_install "${pkgs[@]}"
+  fetch_kafka
+}
+
+fetch_kafka() {
+  [[ -f "$KAFKA_LIBS/$KAFKA_MARKER_JAR" ]] && return 0
+  log "fetching Kafka jars with mvn into $KAFKA_LIBS"
+  local tmp="$KAFKA_LIBS.tmp"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  if ! mvn -q -B -Dstyle.color=never -f "$DOCKER/kafka/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$tmp" -DincludeScope=runtime </dev/null >"$STACK/kafka/mvn.log" 2>&1 \
+    || [[ ! -f "$tmp/$KAFKA_MARKER_JAR" ]]; then
+    tail -n 20 "$STACK/kafka/mvn.log" >&2
+    die "fetching the Kafka jars failed; see $STACK/kafka/mvn.log"
+  fi
+  rm -rf "$KAFKA_LIBS"
+  mv "$tmp" "$KAFKA_LIBS"
+}
+
+# --- MariaDB -----------------------------------------------------------------
+
+mariadb_ping() {
+  mariadb-admin --no-defaults --connect-timeout=2 -h"$HOST" -P3306 -uroot ping >/dev/null 2>&1
+}
+
+mariadb_init() {
+  local dir="$STACK/mariadb"
+  [[ -d "$dir/data/mysql" ]] && return 0
+  log "mariadb: initializing $dir/data"
+  rm -rf "$dir/data" "$dir/data.tmp" "$dir/bootstrapped"
+  mariadb-install-db --defaults-file="$dir/my.cnf" --user=root --datadir="$dir/data.tmp" \
+    --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 \
+    || { tail -n 20 "$dir/install.log" >&2; die "mariadb-install-db failed; see $dir/install.log"; }
+  mv "$dir/data.tmp" "$dir/data"
+}
+
+start_mariadb() {
+  local dir="$STACK/mariadb"
+  mkdir -p "$dir"
+  render "$DOCKER/mariadb/my.cnf.in" "$dir/my.cnf"
+  mariadb_init
+  spawn mariadb "$dir/mariadbd.out" mariadbd --defaults-file="$dir/my.cnf" --user=root
+  wait_ready mariadb 60 mariadb_ping
+  if [[ ! -f "$dir/bootstrapped" ]]; then
+    sed "s|@HOSTNAME@|$(uname -n)|g" "$DOCKER/mariadb/bootstrap.sql" \
+      | mariadb --defaults-file="$dir/my.cnf" -uroot || die "mariadb: bootstrap.sql failed"
+    touch "$dir/bootstrapped"
+    log "mariadb: root@localhost and root@127.0.0.1 set up with an empty password"
+  fi
+}
+
+# --- ZooKeeper ---------------------------------------------------------------
+
+# Send a four-letter command to ZooKeeper and print the answer.
+zk_cmd() {
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/2181" && printf %s "$1" >&3 && cat <&3' \
+    "$HOST" "$1" 2>/dev/null
+}
+
+zk_ready() { [[ "$(zk_cmd ruok)" == imok ]]; }
+
+start_zookeeper() {
+  local dir="$STACK/zookeeper"
+  mkdir -p "$dir/data"
+  render "$DOCKER/zookeeper/zoo.cfg.in" "$dir/zoo.cfg"
+  spawn zookeeper "$dir/zookeeper.out" java -Xmx256m \
+    -Dzookeeper.log.dir="$dir" \
+    -Dlog4j.configuration="file:$DOCKER/zookeeper/log4j.properties" \
+    -cp "$ZK_CLASSPATH" org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
+  wait_ready zookeeper 30 zk_ready
+}
+
+# --- Kafka -------------------------------------------------------------------
+
+# After a broker is killed, its ephemeral /brokers/ids/0 lives until the ZooKeeper session
+# times out; a new broker started before then exits with NodeExists.
+wait_broker_node_gone() {
+  local start=$SECONDS said=0
+  while zk_cmd dump | grep -q '/brokers/ids/0$'; do
+    ((SECONDS - start < 30)) || die "kafka: /brokers/ids/0 still registered in ZooKeeper after 30s"
+    ((said)) || log "kafka: waiting for the previous broker's ZooKeeper session to expire"
+    said=1
+    sleep 0.5
+  done
+}
+
+# Ready when the port accepts and server.log, past the offset it had at launch, says started.
+kafka_ready() {
+  local file="$STACK/kafka/server.log" size
+  port_open 9092 || return 1
+  [[ -f "$file" ]] || return 1
+  size="$(stat -c %s "$file")"
+  ((size >= KAFKA_LOG_OFFSET)) || KAFKA_LOG_OFFSET=0   # the log rolled over
+  tail -c "+$((KAFKA_LOG_OFFSET + 1))" "$file" | grep -qF 'started (kafka.server.KafkaServer)'
+}
+
+start_kafka() {
+  local dir="$STACK/kafka"
+  is_running zookeeper || die "kafka needs zookeeper: run 'docker/stack.sh start zookeeper' first"
+  fetch_kafka
+  mkdir -p "$dir/data"
+  render "$DOCKER/kafka/server.properties.in" "$dir/server.properties"
+  wait_broker_node_gone
+  KAFKA_LOG_OFFSET=0
+  [[ -f "$dir/server.log" ]] && KAFKA_LOG_OFFSET="$(stat -c %s "$dir/server.log")"
+  spawn kafka "$dir/kafka.out" java -Xmx512m -Xms512m -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$dir" \
+    -Dlog4j.configuration="file:$DOCKER/kafka/log4j.properties" \
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
+  wait_ready kafka 90 kafka_ready
+}
+
+# --- commands ----------------------------------------------------------------
+
+start() {
+  local service="$1" pid
+  port_of "$service" >/dev/null
+  pid="$(pid_of "$service")"
+  if [[ -n "$pid" ]]; then
+    log "$service: already running (pid $pid)"
+    return 0
+  fi
+  check_port_free "$service"
+  log "$service: starting"
+  "start_$service"
+}
+
+stop() {
+  case "$1" in
+    mariadb) stop_service mariadb 60 ;;
+    kafka) stop_service kafka 60 ;;
+    zookeeper) stop_service zookeeper 20 ;;
+    *) port_of "$1" >/dev/null ;;
+  esac
+}
+
+cmd_up() {
+  mkdir -p "$STACK"
+  install_missing
+  local service
+  for service in "${SERVICES[@]}"; do start "$service"; done
+}
+
+cmd_down() {
+  local i
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop "${SERVICES[i]}"; done
+}
+
+cmd_status() {
+  local service pid port
+  for service in mariadb zookeeper kafka; do
+    port="$(port_of "$service")"
+    pid="$(pid_of "$service")"
+    if [[ -z "$pid" ]]; then
+      printf '%-10s stopped\n' "$service"
+    elif answers "$service"; then
+      printf '%-10s running (pid %s, %s:%s)\n' "$service" "$pid" "$HOST" "$port"
+    else
+      printf '%-10s running (pid %s, %s:%s not answering)\n' "$service" "$pid" "$HOST" "$port"
+    fi
+  done
+}
+
+# A protocol-level check: a bare connect-and-close makes MariaDB and ZooKeeper log warnings.
+answers() {
+  case "$1" in
+    mariadb) mariadb_ping ;;
+    zookeeper) zk_ready ;;
+    kafka) port_open 9092 ;;
+  esac
+}
+
+cmd_logs() {
+  local f
+  for f in "$STACK/mariadb/mariadb.log" "$STACK/mariadb/mariadbd.out" \
+    "$STACK/zookeeper/zookeeper.log" "$STACK/zookeeper/zookeeper.out" \
+    "$STACK/kafka/server.log" "$STACK/kafka/controller.log" \
+    "$STACK/kafka/state-change.log" "$STACK/kafka/kafka.out"; do
+    [[ -f "$f" ]] && echo "$f"
+  done
+  return 0
+}
+
+cmd_reset() {
+  cmd_down
+  local dir
+  for dir in mariadb zookeeper; do rm -rf "${STACK:?}/$dir"; done
+  if [[ -d "$STACK/kafka" ]]; then
+    find "$STACK/kafka" -mindepth 1 -maxdepth 1 ! -name libs -exec rm -rf {} +
+  fi
+  log "data deleted (kept $KAFKA_LIBS)"
+}
+
+# Serialize concurrent invocations (e.g. two test processes restarting services).
+lock() {
+  mkdir -p "$STACK"
+  exec 9>"$STACK/.lock"
+  flock -w 300 9 || die "another stack.sh is still running (lock $STACK/.lock)"
+}
+
+main() {
+  local cmd="${1:-}"
+  case "$cmd" in
+    up | down | reset) lock; "cmd_$cmd" ;;
+    status) cmd_status ;;
+    logs) cmd_logs ;;
+    start | stop | restart)
+      [[ $# -eq 2 ]] || { usage >&2; exit 2; }
+      port_of "$2" >/dev/null
+      lock
+      case "$cmd" in
+        start) start "$2" ;;
+        stop) stop "$2" ;;
+        restart) stop "$2"; start "$2" ;;
+      esac
+      ;;
+    -h | --help | help) usage ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
