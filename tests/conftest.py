@@ -1,0 +1,79 @@
+"""Fixtures: the real local stack (checked, never mocked), and factories for sources and workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from tests.support import (
+    ROOT,
+    Stack,
+    WorkerFactory,
+    mysql_url,
+)
+
+SERVICES = {"MariaDB": 3306, "ZooKeeper": 2181, "Kafka": 9092}
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """The local stack must be up (`make up`); a missing service fails every test loudly."""
+    down = []
+    for name, port in SERVICES.items():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            down.append(f"{name} on 127.0.0.1:{port}")
+    if down:
+        pytest.fail(f"local stack not running ({', '.join(down)}); run `make up`", pytrace=False)
+    return Stack(ROOT)
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def database(stack: Stack, unique: str) -> Iterator[str]:
+    """A fresh database on the stack's MariaDB, dropped afterwards."""
+    name = f"t_{unique}"
+    with pymysql.connect(**mysql_url().connect_args(), autocommit=True) as conn:
+        conn.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+    yield name
+    with pymysql.connect(**mysql_url().connect_args(), autocommit=True) as conn:
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture
+def workers(
+    stack: Stack, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[WorkerFactory]:
+    """Starts `faust -A app worker` processes; stops them and keeps their logs on failure."""
+    factory = WorkerFactory(tmp_path, request.node.name)
+    yield factory
+    factory.close()
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """On failure, attach the worker and server logs the test touched."""
+    if call.when != "call" or call.excinfo is None:
+        return
+    factory = item.funcargs.get("workers") if hasattr(item, "funcargs") else None
+    sections = []
+    if isinstance(factory, WorkerFactory):
+        sections.extend(factory.log_tails())
+    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if isinstance(stack, Stack):
+        sections.extend(stack.log_tails())
+    for title, text in sections:
+        item.add_report_section("call", title, text)
+
+
+os.environ.setdefault("AESOP_TEST", "1")

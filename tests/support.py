@@ -1,0 +1,254 @@
+"""Helpers for tests against the real stack: configs, worker processes, Kafka and ZooKeeper reads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pymysql
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kazoo.client import KazooClient
+
+from app.settings import MySQLURL
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA = "127.0.0.1:9092"
+ZOOKEEPER = "127.0.0.1:2181"
+
+
+def mysql_url(database: str | None = None) -> MySQLURL:
+    return MySQLURL("127.0.0.1", 3306, "root", "", database)
+
+
+def sql(*statements: str, database: str | None = None) -> list[tuple[Any, ...]]:
+    """Run statements (autocommit) and return the last one's rows."""
+    with pymysql.connect(**mysql_url(database).connect_args(), autocommit=True) as conn:
+        rows: list[tuple[Any, ...]] = []
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+                rows = list(cur.fetchall())
+        return rows
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def master_position() -> str:
+    file, pos = sql("SHOW MASTER STATUS")[0][:2]
+    return f"{file}:{pos}"
+
+
+@dataclass
+class SourceSpec:
+    """What a test config says about one source."""
+
+    name: str
+    include: list[str]
+    server_id: int
+    start: str
+    topic: str
+    exclude: list[str] = field(default_factory=list)
+    mysql: str = "mysql://root@127.0.0.1:3306"
+
+    def toml(self) -> str:
+        return (
+            "[[source]]\n"
+            f'name = "{self.name}"\nmysql = "{self.mysql}"\nserver_id = {self.server_id}\n'
+            f"include = {orjson.dumps(self.include).decode()}\n"
+            f"exclude = {orjson.dumps(self.exclude).decode()}\n"
+            f'start = "{self.start}"\ntopic = "{self.topic}"\n'
+        )
+
+
+def write_config(
+    path: Path,
+    app_id: str,
+    sources: Iterable[SourceSpec],
+    extra: str = "",
+    zookeeper: str = ZOOKEEPER,
+    partitions: int = 4,
+) -> Path:
+    text = (
+        f'[aesop]\nid = "{app_id}"\nkafka = "kafka://{KAFKA}"\nzookeeper = "{zookeeper}"\n'
+        f'zk_root = "/aesop-test/{app_id}"\nweb_port = {free_port()}\npartitions = {partitions}\n\n'
+    )
+    text += "\n".join(s.toml() for s in sources) + extra
+    path.write_text(text)
+    return path
+
+
+class Worker:
+    """One `faust -A app worker` process, started with a config file."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        full_env = {**os.environ, "AESOP_CONFIG": str(config), **(env or {})}
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60.0, after: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log()[after:]:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}) before {text!r}")
+            time.sleep(0.2)
+        raise AssertionError(f"worker did not log {text!r} within {timeout}s")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError("worker did not stop within timeout after SIGTERM") from None
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+class WorkerFactory:
+    """Starts workers for one test and cleans them up."""
+
+    def __init__(self, tmp: Path, test_name: str) -> None:
+        self.tmp = tmp
+        self.test_name = test_name
+        self.started: list[Worker] = []
+
+    def start(self, config: Path, env: dict[str, str] | None = None) -> Worker:
+        log_path = self.tmp / f"worker-{len(self.started)}.log"
+        worker = Worker(config, log_path, env)
+        self.started.append(worker)
+        return worker
+
+    def close(self) -> None:
+        for worker in self.started:
+            if worker.proc.poll() is None:
+                worker.kill()
+
+    def log_tails(self) -> list[tuple[str, str]]:
+        return [
+            (f"worker log {w.log_path}", "\n".join(w.log().splitlines()[-80:]))
+            for w in self.started
+            if w.log_path.exists()
+        ]
+
+
+class Stack:
+    """The local stack, for fault tests: stop and start single services by their scripts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def run(self, action: str, service: str) -> None:
+        subprocess.run(
+            ["bash", str(self.root / "docker" / "stack.sh"), action, service],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=180,
+        )
+
+    def log_tails(self) -> list[tuple[str, str]]:
+        sections = []
+        for name in ("mariadb/mariadb.log", "kafka/server.log", "zookeeper/zookeeper.log"):
+            path = self.root / ".stack" / name
+            if path.exists():
+                lines = path.read_text(errors="replace").splitlines()[-30:]
+                sections.append((f"stack log {path}", "\n".join(lines)))
+        return sections
+
+
+def read_topic(
+    topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """Every message of ``topic`` from the beginning, as {key, value, partition, offset}."""
+    return asyncio.run(_read_topic(topic, until, timeout))
+
+
+async def _read_topic(
+    topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=KAFKA, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    messages: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not (partitions := consumer.partitions_for_topic(topic)):
+            if time.monotonic() > deadline:
+                return messages
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - test-only poll
+            await asyncio.sleep(0.3)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        await consumer.seek_to_beginning()
+        while time.monotonic() < deadline and not until(messages):
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    messages.append(
+                        {
+                            "key": orjson.loads(record.key) if record.key else None,
+                            "value": orjson.loads(record.value) if record.value else None,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                        }
+                    )
+        return messages
+    finally:
+        await consumer.stop()
+
+
+def count_at_least(n: int) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda messages: len(messages) >= n
+
+
+def zk_get(path: str) -> dict[str, Any] | None:
+    client = KazooClient(hosts=ZOOKEEPER, timeout=10)
+    client.start(timeout=15)
+    try:
+        if not client.exists(path):
+            return None
+        data, _ = client.get(path)
+        return orjson.loads(data)
+    finally:
+        client.stop()
+        client.close()
+
+
+def identities(messages: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    return [(m["value"]["scn"], m["value"]["row"]) for m in messages]
