@@ -1,4 +1,4 @@
-"""One retry policy (delay, backoff, jitter, cap, deadline), shared by everything that reconnects."""
+"""One retry policy (delay, backoff, jitter, cap, deadline), shared by all that reconnects."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ runs in its own thread (the library blocks) and hands serialized batches to the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -128,16 +129,16 @@ class BinlogReader:
         self._stream: BinLogStreamReader | None = None
         self._wants = TableFilter.of(source)
         self._converters: dict[tuple[Any, ...], Callable[[Any], dict[str, Any]]] = {}
+        self._ctl: pymysql.connections.Connection | None = None
+        self._is_mariadb = False
 
     def stop(self) -> None:
         """Ask the thread to stop; closing the stream unblocks a pending read."""
         self.stopping.set()
         stream = self._stream
         if stream is not None:
-            try:
+            with contextlib.suppress(Exception):
                 stream.close()
-            except Exception:
-                pass
 
     def run(self) -> None:
         """Thread body: read until stopped; raise SourceError/DecodeError on failure."""
@@ -147,20 +148,17 @@ class BinlogReader:
             if self.stopping.is_set():
                 return
             raise SourceError(f"source {self.source.name!r}: {_mysql_reason(exc)}") from exc
-        except UnicodeDecodeError as exc:
-            raise DecodeError(
-                f"source {self.source.name!r}: cannot decode a row at {self.resume} ({exc}); "
-                "check the column charset"
-            ) from exc
         finally:
             self._close()
 
     def _close(self) -> None:
+        if self._ctl is not None:
+            with contextlib.suppress(Exception):
+                self._ctl.close()
+            self._ctl = None
         if self._stream is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._stream.close()
-            except Exception:
-                pass
             self._stream = None
 
     def _run(self) -> None:
@@ -246,11 +244,28 @@ class BinlogReader:
 
     def _converter(self, event: Any) -> Callable[[Any], dict[str, Any]]:
         columns = event.columns
-        signature = (event.schema, event.table, *((c.name, c.type) for c in columns))
+        signature = (event.schema, event.table, values.converter_key(columns))
         convert = self._converters.get(signature)
         if convert is None:
-            convert = self._converters[signature] = values.row_converter(columns)
+            json_columns = self._json_columns(event.schema, event.table)
+            convert = values.row_converter(columns, json_columns=json_columns)
+            self._converters[signature] = convert
         return convert
+
+    def _json_columns(self, db: str, table: str) -> frozenset[str]:
+        """MariaDB logs JSON as LONGTEXT: ask the server which columns are JSON.
+
+        Asked once per table-map shape; a schema changed since the event was written can
+        answer for the newer shape, which only matters for a JSON column added or dropped
+        in between, and then only for how its text is shown.
+        """
+        if self._ctl is None:
+            self._ctl = pymysql.connect(**self.source.mysql.connect_args(), connect_timeout=5)
+            self._is_mariadb = "mariadb" in self._ctl.get_server_info().lower()
+        if not self._is_mariadb:
+            return frozenset()
+        with self._ctl.cursor() as cursor:
+            return values.mariadb_json_columns(cursor, db, table)
 
     def _rows(self, event: Any, kind: type, file: str, txn: _Transaction, batch: Batch) -> None:
         db, table = event.schema, event.table
