@@ -1,8 +1,10 @@
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 STACK := bash $(ROOT)/docker/stack.sh
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status
+.PHONY: help up down status venv demo test lint bench
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -15,3 +17,23 @@ down: ## Stop the local stack
 
 status: ## Show what runs in the local stack
 	@$(STACK) status
+
+venv: $(VENV)/.installed ## Create .venv with the pinned Python dependencies
+
+$(VENV)/.installed: $(ROOT)/requirements.lock $(ROOT)/requirements-dev.lock $(ROOT)/pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r $(ROOT)/requirements-dev.lock
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e $(ROOT)
+	touch $@
+
+demo: up venv ## Run a worker on a sample database with a load generator; watch events flow
+	cd $(ROOT) && $(PY) -m demo.run
+
+test: up venv ## Run the whole test suite against the local stack
+	cd $(ROOT) && $(PY) -m pytest
+
+lint: venv ## ruff lint and format check
+	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: up venv ## Run the relay benchmark (figures as ratios to the parser ceiling)
+	cd $(ROOT) && $(PY) -m bench.relay_bench

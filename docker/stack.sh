@@ -171,7 +171,16 @@ apt_install() {
     APT_UPDATED=1
   fi
   log "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  # Packages such as mariadb-server start a system service on install, which would take
+  # our ports; policy-rc.d exit 101 tells invoke-rc.d not to start anything meanwhile.
+  local policy=/usr/sbin/policy-rc.d added=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added=1
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
+  if ((added)); then rm -f "$policy"; fi
+  return "$rc"
 }
 
 install_missing() {
