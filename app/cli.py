@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from app import settings as settings_module
 from app.errors import AesopError
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from relay.position import Checkpoint
+
 
 def check_sources(settings: Settings, checkpoints: dict[str, object] | None = None) -> list[str]:
     """Preflight every source; returns one line per source, errors first-class."""
     from relay import server
-    from relay.position import Checkpoint
 
     lines = []
     for source in settings.sources:
         stored = (checkpoints or {}).get(source.name)
-        checkpoint = Checkpoint.from_json(stored) if stored else None
         try:
+            checkpoint = _checkpoint(settings, source.name, stored)
             start = server.preflight(source, checkpoint)
         except AesopError as exc:
             lines.append(f"error: {exc}")
@@ -32,8 +36,22 @@ def check_sources(settings: Settings, checkpoints: dict[str, object] | None = No
     return lines
 
 
+def _checkpoint(settings: Settings, name: str, stored: object) -> Checkpoint | None:
+    from relay.position import Checkpoint
+
+    if stored is None:
+        return None
+    try:
+        return Checkpoint.from_json(stored)
+    except AesopError as exc:
+        where = f"ZooKeeper {settings.zk_root}/relays/{name}"
+        raise AesopError(f"source {name!r}: {where}: {exc}") from None
+
+
 def mirrored_checkpoints(settings: Settings) -> dict[str, object]:
     """Relay checkpoints from the ZooKeeper mirror, read without a worker."""
+    import orjson
+
     from tables.zookeeper import ZooKeeperMirror
 
     async def read() -> dict[str, object]:
@@ -47,7 +65,14 @@ def mirrored_checkpoints(settings: Settings) -> dict[str, object]:
                 )
             found = {}
             for source in settings.sources:
-                document = await zk.read(f"/relays/{source.name}")
+                path = f"/relays/{source.name}"
+                where = f"ZooKeeper {settings.zookeeper} {settings.zk_root}{path}"
+                try:
+                    document = await zk.read(path)
+                except orjson.JSONDecodeError:
+                    raise AesopError(f"{where} is not JSON; fix or delete that node") from None
+                except Exception as exc:  # kazoo raises many kinds
+                    raise AesopError(f"cannot read {where} ({exc!r}); is it healthy?") from None
                 if document is not None:
                     found[source.name] = document
             return found
@@ -62,7 +87,7 @@ def mirrored_checkpoints(settings: Settings) -> dict[str, object]:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     lines = check_sources(settings, mirrored_checkpoints(settings))
     for line in lines:
-        print(line)
+        print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
     if not settings.sources:
         print(f"ok: {settings.path}: no [[source]]; nothing to check")
     return 1 if any(line.startswith("error") for line in lines) else 0
@@ -82,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="run a worker: relays and consumers")
     worker.add_argument("-l", "--loglevel", default="info")
     args = parser.parse_args(argv)
+    # Library warnings (kazoo's reconnects) would reach stderr through logging's last
+    # resort; the check reports each problem itself, in one line.
+    logging.getLogger().addHandler(logging.NullHandler())
     if args.config:
         os.environ["AESOP_CONFIG"] = args.config
     try:

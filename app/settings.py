@@ -16,6 +16,11 @@ from app.errors import ConfigError
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 START_RE = re.compile(r"^(earliest|latest|[^:\s]+\.\d+:\d+|gtid:.+)$")
+# host[:port], comma-separated, as kazoo and aiokafka take them.
+_HOST = r"[^\s,;:/]+(:\d{1,5})?"
+ZOOKEEPER_RE = re.compile(rf"^({_HOST}(,{_HOST})*(/\S*)?)?$")
+KAFKA_RE = re.compile(rf"^([a-z]+://)?{_HOST}([,;]([a-z]+://)?{_HOST})*$")
+KIND_NAMES = {int: "an integer", str: "a string", list: "a list"}
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ class _Checker:
     def check_type(self, where: str, value: Any, kind: type) -> None:
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if not ok:
-            raise self.fail(where, f"must be {kind.__name__}, got {value!r}")
+            raise self.fail(where, f"must be {KIND_NAMES[kind]}, got {value!r}")
         if kind is list and not all(isinstance(v, str) and v for v in value):
             raise self.fail(where, "must be a list of non-empty strings")
 
@@ -157,9 +162,11 @@ class _Checker:
         if parts.scheme != "mysql" or not parts.hostname:
             raise self.fail(where, "must look like mysql://user:password@host:3306[/db]")
         try:
-            port = parts.port or 3306
+            port = 3306 if parts.port is None else parts.port
         except ValueError as exc:
             raise self.fail(where, f"bad port ({exc})") from None
+        if not 0 < port < 65536:
+            raise self.fail(where, f"bad port {port}; must be 1..65535")
         database = parts.path.lstrip("/") or None
         return MySQLURL(
             host=parts.hostname,
@@ -170,7 +177,7 @@ class _Checker:
         )
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+def _env_overrides(checker: _Checker, env: Mapping[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for key, kind in AESOP_KEYS.items():
         name = f"AESOP_{key.upper()}"
@@ -181,17 +188,30 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             try:
                 overrides[key] = int(raw)
             except ValueError:
-                raise ConfigError(f"{name}={raw!r}: must be an integer") from None
+                where = _aesop_key(key, {key: raw})
+                raise checker.fail(where, f"must be an integer, got {raw!r}") from None
         else:
             overrides[key] = raw
     return overrides
 
 
+def _aesop_key(key: str, overrides: Mapping[str, Any]) -> str:
+    """How an error names an [aesop] key: by its variable when the environment set it."""
+    if key in overrides:
+        return f"AESOP_{key.upper()} (overrides [aesop].{key})"
+    return f"[aesop].{key}"
+
+
+def _label(section: str, index: int, raw: Any) -> str:
+    """``[[source]] 'shop'`` when the table has a string name, else ``[[source]] #2``."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"{section} {name!r}" if isinstance(name, str) else f"{section} #{index + 1}"
+
+
 def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
-    where = f"[[source]] #{index + 1}"
+    where = _label("[[source]]", index, raw)
     table = checker.table(where, raw, SOURCE_KEYS)
     name = table["name"]
-    where = f"[[source]] {name!r}"
     if not NAME_RE.match(name):
         raise checker.fail(f"{where}.name", "must match [a-z0-9_-]+")
     server_id = table["server_id"]
@@ -220,10 +240,9 @@ def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
 
 
 def _consumer(checker: _Checker, index: int, raw: Any) -> ConsumerSettings:
-    where = f"[[consumer]] #{index + 1}"
+    where = _label("[[consumer]]", index, raw)
     table = checker.table(where, raw, CONSUMER_KEYS)
     name = table["name"]
-    where = f"[[consumer]] {name!r}"
     if not NAME_RE.match(name):
         raise checker.fail(f"{where}.name", "must match [a-z0-9_-]+")
     if not table["topics"]:
@@ -242,11 +261,11 @@ def _consumer(checker: _Checker, index: int, raw: Any) -> ConsumerSettings:
     )
 
 
-def _unique(checker: _Checker, section: str, what: str, values: list[Any]) -> None:
+def _unique(checker: _Checker, section: str, key: str, values: list[Any]) -> None:
     seen: set[Any] = set()
     for value in values:
         if value in seen:
-            raise checker.fail(section, f"duplicate {what} {value!r}; each must be unique")
+            raise checker.fail(f"{section}.{key}", f"{value!r} is used twice; each must be unique")
         seen.add(value)
 
 
@@ -270,25 +289,30 @@ def load(
 
     unknown = sorted(set(document) - {"aesop", "source", "consumer"})
     if unknown:
+        hint = "; put it under [aesop]" if unknown[0] in AESOP_KEYS else ""
         raise checker.fail(
-            unknown[0], "unknown section; known are [aesop], [[source]], [[consumer]]"
+            unknown[0], f"unknown section; known are [aesop], [[source]], [[consumer]]{hint}"
         )
     top = checker.table(
         "[aesop]", document.get("aesop", {}), {k: (t, False) for k, t in AESOP_KEYS.items()}
     )
-    top = {**top, **_env_overrides(env)}
-    for key, kind in AESOP_KEYS.items():
-        if key in top:
-            checker.check_type(f"[aesop].{key}", top[key], kind)
-    if "id" in top and not NAME_RE.match(top["id"]):
-        raise checker.fail("[aesop].id", "must match [a-z0-9_-]+")
-    if not 1 <= top.get("partitions", 8) <= 1024:
-        raise checker.fail("[aesop].partitions", "must be between 1 and 1024")
-    if not 0 < top.get("web_port", 6066) < 65536:
-        raise checker.fail("[aesop].web_port", "must be a TCP port")
+    overrides = _env_overrides(checker, env)
+    top = {**top, **overrides}
+
+    def check(key: str, ok: bool, message: str) -> None:
+        if key in top and not ok:
+            raise checker.fail(_aesop_key(key, overrides), message)
+
+    check("id", NAME_RE.match(top.get("id", "")) is not None, "must match [a-z0-9_-]+")
+    check("kafka", KAFKA_RE.match(top.get("kafka", "")) is not None,
+          "must look like kafka://host:9092[,host:9092]")  # fmt: skip
+    check("zookeeper", ZOOKEEPER_RE.match(top.get("zookeeper", "")) is not None,
+          'must look like host:2181[,host:2181][/chroot], or "" to disable')  # fmt: skip
+    check("partitions", 1 <= top.get("partitions", 8) <= 1024, "must be between 1 and 1024")
+    check("web_port", 0 < top.get("web_port", 6066) < 65536, "must be a TCP port (1..65535)")
     zk_root = top.get("zk_root", "/aesop")
-    if not zk_root.startswith("/") or zk_root.endswith("/"):
-        raise checker.fail("[aesop].zk_root", "must start with / and not end with /")
+    check("zk_root", zk_root.startswith("/") and not zk_root.endswith("/"),
+          "must start with / and not end with /")  # fmt: skip
 
     raw_sources = document.get("source", [])
     raw_consumers = document.get("consumer", [])

@@ -16,23 +16,15 @@ from app.errors import PositionLostError, SourceError
 from app.settings import SourceSettings
 from relay.position import Checkpoint, Position
 
+# The settings a row-based reader needs, and the value each must have.
 REQUIRED = (
-    ("log_bin", "ON", "binary logging is off; start the server with log-bin=mysql-bin"),
-    ("binlog_format", "ROW", "binlog_format is {value}; set binlog_format=ROW and restart"),
-    (
-        "binlog_row_image",
-        "FULL",
-        "binlog_row_image is {value}; set binlog_row_image=FULL and restart",
-    ),
-    (
-        "binlog_row_metadata",
-        "FULL",
-        "binlog_row_metadata is {value}; set binlog_row_metadata=FULL and restart "
-        "(MariaDB 10.5+ or MySQL 8.0.14+)",
-    ),
+    ("binlog_format", "ROW"),
+    ("binlog_row_image", "FULL"),
+    ("binlog_row_metadata", "FULL"),
 )
 GLOBAL_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
-# MariaDB 10.5+ shows REPLICATION CLIENT as BINLOG MONITOR, and MySQL 8 adds REPLICA names.
+# SHOW GRANTS prints MariaDB 10.5+'s REPLICATION CLIENT as BINLOG MONITOR; SUPER still
+# allows SHOW BINARY LOGS on both servers. REPLICATION REPLICA is MySQL 8's alias.
 CLIENT_PRIVILEGES = ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER")
 SLAVE_PRIVILEGES = ("REPLICATION SLAVE", "REPLICATION REPLICA")
 
@@ -42,7 +34,7 @@ def connect(source: SourceSettings) -> Iterator[pymysql.connections.Connection]:
     url = source.mysql
     try:
         conn = pymysql.connect(**url.connect_args(), connect_timeout=5, read_timeout=30)
-    except pymysql.err.OperationalError as exc:
+    except pymysql.err.MySQLError as exc:
         raise SourceError(f"source {source.name!r}: {describe(exc, source)}") from None
     try:
         yield conn
@@ -73,14 +65,23 @@ def _variables(conn: pymysql.connections.Connection) -> dict[str, str]:
 
 
 def _global_grants(conn: pymysql.connections.Connection) -> set[str]:
+    """Privileges on *.* of the current user and its default role (plain SHOW GRANTS)."""
     with conn.cursor() as cur:
-        cur.execute("SHOW GRANTS FOR CURRENT_USER()")
+        cur.execute("SHOW GRANTS")
         grants: set[str] = set()
         for (line,) in cur.fetchall():
             match = GLOBAL_GRANT.match(line)
             if match:
                 grants.update(p.strip().upper() for p in match.group(1).split(","))
         return grants
+
+
+def _current_user(conn: pymysql.connections.Connection) -> str:
+    """The account the server matched, quoted for a GRANT: 'repl'@'%'."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT CURRENT_USER()")
+        user, _, host = str(cur.fetchone()[0]).rpartition("@")
+    return f"'{user}'@'{host}'"
 
 
 def binary_logs(conn: pymysql.connections.Connection) -> list[str]:
@@ -101,33 +102,51 @@ def current_position(conn: pymysql.connections.Connection) -> Position:
 def check_server(source: SourceSettings, conn: pymysql.connections.Connection) -> None:
     """Binlog settings and privileges; raises SourceError naming what to fix."""
     found = _variables(conn)
-    for name, wanted, message in REQUIRED:
-        value = found.get(name, "missing")
-        if value.upper() != wanted:
-            raise SourceError(f"source {source.name!r}: " + message.format(value=value))
+    prefix = f"source {source.name!r}: "
+    if found.get("log_bin", "OFF").upper() != "ON":
+        raise SourceError(
+            prefix + "binary logging is off; start the server with log-bin=mysql-bin "
+            "(and binlog_format=ROW, binlog_row_image=FULL, binlog_row_metadata=FULL)"
+        )
+    wrong = [
+        (name, found.get(name), wanted)
+        for name, wanted in REQUIRED
+        if found.get(name, "").upper() != wanted
+    ]
+    if wrong:
+        found_text = ", ".join(
+            f"{name} is {value}"
+            if value
+            else f"{name} is missing (needs MariaDB 10.5+ or MySQL 8.0.14+)"
+            for name, value, _ in wrong
+        )
+        fix = ", ".join(f"{name}={wanted}" for name, _, wanted in wrong)
+        raise SourceError(f"{prefix}{found_text}; set {fix} in the server's config and restart it")
     if found.get("log_bin_compress", "OFF").upper() == "ON":
         raise SourceError(
-            f"source {source.name!r}: log_bin_compress is ON; compressed row events cannot "
-            "be decoded: set log_bin_compress=OFF"
+            prefix + "log_bin_compress is ON; compressed row events cannot be decoded: "
+            "set log_bin_compress=OFF"
         )
     if found.get("binlog_row_value_options", ""):
         raise SourceError(
-            f"source {source.name!r}: binlog_row_value_options is "
-            f"{found['binlog_row_value_options']}; set it to '' (partial JSON updates lose "
-            "the full row)"
+            f"{prefix}binlog_row_value_options is {found['binlog_row_value_options']}; "
+            "set it to '' (partial JSON updates lose the full row)"
         )
     grants = _global_grants(conn)
     if "ALL PRIVILEGES" in grants:
         return
-    if not grants.intersection(SLAVE_PRIVILEGES):
-        raise SourceError(
-            f"source {source.name!r}: user {source.mysql.user!r} lacks REPLICATION SLAVE; "
-            f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO it"
+    missing = [
+        name
+        for name, accepted in (
+            ("REPLICATION SLAVE", SLAVE_PRIVILEGES),
+            ("REPLICATION CLIENT", CLIENT_PRIVILEGES),
         )
-    if not grants.intersection(CLIENT_PRIVILEGES):
+        if not grants.intersection(accepted)
+    ]
+    if missing:
         raise SourceError(
-            f"source {source.name!r}: user {source.mysql.user!r} lacks REPLICATION CLIENT; "
-            f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO it"
+            f"{prefix}user {source.mysql.user!r} lacks {' and '.join(missing)}; "
+            f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO {_current_user(conn)}"
         )
 
 

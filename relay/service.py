@@ -181,9 +181,12 @@ class SourceRelay:
             self.reading = True
             failure = await self._pump(handoff, done, acker)
             self.reading = False
+            progressed = (reader.resume, reader.published_through) != (resume, published)
             resume, published = reader.resume, reader.published_through
             if failure is None or self._stopping.is_set():
                 return
+            if progressed:  # a new outage: back off from the initial delay again
+                delays = RECONNECT.delays()
             if isinstance(failure, DecodeError | PositionLostError):
                 delay = RECONNECT.maximum
             else:
@@ -193,8 +196,6 @@ class SourceRelay:
             log.warning("relay %s: %s; reconnecting in %.1fs", self.name, failure, delay)
             if await self._sleep_or_stop(delay):
                 return
-            if reader.published_through > published:
-                delays = RECONNECT.delays()
 
     def _start_thread(self, reader: BinlogReader) -> asyncio.Future[BaseException | None]:
         loop = asyncio.get_running_loop()
