@@ -1,0 +1,335 @@
+"""Fault tests on the real stack: MariaDB, Kafka, ZooKeeper go away under load; nothing is lost."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from tests.support import (
+    ROOT,
+    SourceSpec,
+    Stack,
+    Worker,
+    WorkerFactory,
+    master_position,
+    mysql_url,
+    read_topic,
+    sql,
+    write_config,
+    zk_get,
+)
+
+RATE = 200  # rows per second
+TABLE = "steady"
+RECONNECT_LINE = re.compile(r"relay src: (.+); reconnecting in (\d+\.\d)s$")
+DOWN_S = 3.0  # how long MariaDB stays down in a restart
+KAFKA_DATA = ROOT / ".stack" / "kafka" / "data"
+
+
+class SteadyLoad:
+    """Numbered single-row INSERTs in autocommit at a steady rate, from a thread.
+
+    A row that fails (the server went away) is retried until it commits; a duplicate-key
+    error on a retry means the failed attempt had committed. So ``committed`` is exactly
+    the rows in the table, in order.
+    """
+
+    def __init__(self, database: str, rate: int = RATE) -> None:
+        self.database = database
+        self.rate = rate
+        self.committed: list[int] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steady-load", daemon=True)
+
+    def __enter__(self) -> SteadyLoad:
+        sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))", database=self.database)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the load thread did not stop"
+        return self.committed
+
+    def wait_for(self, rows: int, timeout: float = 30.0) -> None:
+        """Wait until at least ``rows`` more rows are committed than now."""
+        target = len(self.committed) + rows
+        deadline = time.monotonic() + timeout
+        while len(self.committed) < target:
+            assert time.monotonic() < deadline, f"load stuck at {len(self.committed)} rows"
+            time.sleep(0.05)
+
+    def _connect(self) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            **mysql_url(self.database).connect_args(),
+            autocommit=True,
+            connect_timeout=2,
+            read_timeout=5,
+            write_timeout=5,
+        )
+
+    def _run(self) -> None:
+        conn: pymysql.connections.Connection | None = None
+        row = 1
+        due = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = self._connect()
+                with conn.cursor() as cur:
+                    cur.execute(f"INSERT INTO {TABLE} VALUES (%s, %s)", (row, f"row {row}"))
+            except pymysql.err.IntegrityError as exc:
+                if exc.args[0] != 1062:
+                    raise
+            except pymysql.err.MySQLError as exc:
+                self.errors.append(repr(exc))
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+                time.sleep(0.1)
+                continue
+            self.committed.append(row)
+            row += 1
+            due = max(due + 1 / self.rate, time.monotonic() - 1)
+            time.sleep(max(0.0, due - time.monotonic()))
+        if conn is not None:
+            conn.close()
+
+
+@contextlib.contextmanager
+def stopped(stack: Stack, service: str) -> Iterator[None]:
+    """Stop a stack service; start it again (and wait until it answers) whatever happens."""
+    try:
+        stack.run("stop", service)
+        yield
+    finally:
+        stack.run("start", service)
+
+
+def start_worker(
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> tuple[Worker, str, str]:
+    """A worker relaying ``database`` from the current binlog position: (worker, app id, topic)."""
+    app_id, topic = f"t{unique}", f"aesop.t{unique}"
+    config = write_config(
+        tmp_path / "aesop.toml",
+        app_id=app_id,
+        sources=[
+            SourceSpec(
+                name="src",
+                include=[f"{database}.*"],
+                server_id=int(unique, 16) % 1_000_000 + 100_000,
+                start=master_position(),
+                topic=topic,
+            )
+        ],
+    )
+    worker = workers.start(config)
+    worker.wait_for_log("relay src: reading", timeout=90)
+    return worker, app_id, topic
+
+
+def row_id(message: dict[str, Any]) -> int | None:
+    value = message["value"]
+    if value["source"]["table"] != TABLE or value["op"] != "c":
+        return None
+    return int(value["after"]["id"])
+
+
+def ids_of(messages: list[dict[str, Any]]) -> set[int]:
+    return {i for m in messages if (i := row_id(m)) is not None}
+
+
+def read_rows(topic: str, expected: set[int], timeout: float) -> list[dict[str, Any]]:
+    """The topic's messages, read until every expected row is there (or the timeout)."""
+    return read_topic(topic, lambda messages: expected <= ids_of(messages), timeout=timeout)
+
+
+def assert_every_row_once(messages: list[dict[str, Any]], committed: list[int], database: str):
+    """Every committed row is in Kafka; a row seen twice is the same (scn, row) event."""
+    in_table = [r[0] for r in sql(f"SELECT id FROM {TABLE} ORDER BY id", database=database)]
+    assert in_table == committed, "the load's idea of what committed differs from the table"
+    seen: dict[int, set[tuple[int, int]]] = {}
+    for message in messages:
+        if (i := row_id(message)) is not None:
+            seen.setdefault(i, set()).add((message["value"]["scn"], message["value"]["row"]))
+    missing = sorted(set(committed) - seen.keys())
+    assert not missing, f"{len(missing)} committed rows never reached Kafka, e.g. {missing[:10]}"
+    assert seen.keys() == set(committed), "Kafka has rows that never committed"
+    changed = {i: ids for i, ids in seen.items() if len(ids) > 1}
+    assert not changed, (
+        f"rows published again under another (scn, row): {list(changed.items())[:5]}"
+    )
+    identities = [next(iter(ids)) for ids in seen.values()]
+    assert len(set(identities)) == len(identities), "two rows share one (scn, row)"
+
+
+def reconnect_delays(log: str) -> list[float]:
+    lines = (line.rstrip() for line in log.splitlines())
+    return [float(m.group(2)) for line in lines if (m := RECONNECT_LINE.search(line))]
+
+
+def assert_backoff(delays: list[float]) -> None:
+    """Each delay of one outage lies in the policy's jittered window, doubling from 0.5 s."""
+    for attempt, delay in enumerate(delays):
+        nominal = min(0.5 * 2**attempt, 30.0)
+        low, high = nominal * 0.75 - 0.05, nominal * 1.25 + 0.05
+        assert low <= delay <= high, f"attempt {attempt + 1}: {delay}s outside [{low}, {high}]"
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def kafka_end_offsets(topic: str) -> dict[int, int]:
+    """Per partition, the log end offset a cleanly stopped broker wrote at shutdown.
+
+    Kafka flushes every log on a clean shutdown and records its recovery point, which then
+    equals the log end offset: exactly what the broker held when it went away.
+    """
+    lines = (KAFKA_DATA / "recovery-point-offset-checkpoint").read_text().splitlines()
+    offsets = {}
+    for line in lines[2:]:
+        name, partition, offset = line.split()
+        if name == topic:
+            offsets[int(partition)] = int(offset)
+    assert offsets, f"Kafka's recovery points do not list {topic}; was the stop clean?"
+    return offsets
+
+
+def checkpoint_identity(checkpoint: dict[str, Any] | None) -> tuple[int, int]:
+    assert checkpoint is not None, "no checkpoint in ZooKeeper"
+    return (checkpoint["scn"], checkpoint["row"])
+
+
+def test_mariadb_restart_under_load_loses_nothing(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    """Two restarts: each outage backs off from 0.5 s with jitter, one log line per attempt."""
+    worker, _, topic = start_worker(workers, tmp_path, unique, database)
+    outages: list[list[float]] = []
+    with SteadyLoad(database) as load:
+        for _ in range(2):
+            load.wait_for(RATE)
+            before = len(worker.log())
+            with stopped(stack, "mariadb"):
+                time.sleep(DOWN_S)  # long enough for several attempts: 0.5 s, 1 s, 2 s
+            load.wait_for(RATE)
+            # The relay is reading again once a row committed after the restart is in Kafka.
+            read_rows(topic, {load.committed[-1]}, timeout=60)
+            outages.append(reconnect_delays(worker.log()[before:]))
+        committed = load.stop()
+    messages = read_rows(topic, set(committed), timeout=60)
+
+    assert_every_row_once(messages, committed, database)
+    assert load.errors, "the load never saw MariaDB go away"
+    log = worker.log()
+    assert "Traceback" not in log
+    assert "Re-request the connection" not in log, "the library reconnected on its own"
+    for delays in outages:
+        assert len(delays) >= 2, f"expected reconnect attempts while MariaDB was down: {delays}"
+        assert_backoff(delays)
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.timeout(240)
+def test_kafka_outage_holds_checkpoint_and_memory(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    """Kafka down 30 s under load: the relay waits, its checkpoint stays within what Kafka has."""
+    worker, app_id, topic = start_worker(workers, tmp_path, unique, database)
+    path = f"/aesop-test/{app_id}/relays/src"
+    with SteadyLoad(database) as load:
+        load.wait_for(2 * RATE)
+        read_rows(topic, set(load.committed[:RATE]), timeout=30)
+        baseline = rss_kb(worker.proc.pid)
+        peak = baseline
+        with stopped(stack, "kafka"):
+            held = kafka_end_offsets(topic)
+            at_stop = checkpoint_identity(zk_get(path))
+            rows_at_stop = len(load.committed)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                assert worker.proc.poll() is None, "the worker died while Kafka was down"
+                peak = max(peak, rss_kb(worker.proc.pid))
+                time.sleep(0.5)
+            before_start = checkpoint_identity(zk_get(path))
+            rows_in_outage = len(load.committed) - rows_at_stop
+        load.wait_for(2 * RATE, timeout=60)
+        committed = load.stop()
+    messages = read_rows(topic, set(committed), timeout=90)
+
+    assert rows_in_outage >= 10 * RATE, "the load did not go on while Kafka was down"
+    assert_every_row_once(messages, committed, database)
+    # What Kafka held when it stopped: every message below the end offsets it recorded.
+    in_kafka = {
+        (m["value"]["scn"], m["value"]["row"])
+        for m in messages
+        if m["offset"] < held.get(m["partition"], 0)
+    }
+    events = {(m["value"]["scn"], m["value"]["row"]) for m in messages if row_id(m)}
+    for checkpoint in (at_stop, before_start):
+        not_held = sorted(e for e in events if e <= checkpoint and e not in in_kafka)
+        assert not not_held, f"checkpoint {checkpoint} is past events Kafka lacked: {not_held[:5]}"
+    assert before_start == at_stop, "the checkpoint moved while Kafka was down"
+    assert (peak - baseline) < 200 * 1024, f"RSS grew {(peak - baseline) // 1024} MB in the outage"
+    assert worker.proc.poll() is None, "the worker did not survive the outage"
+    assert "Traceback" not in worker.log()
+
+
+def test_zookeeper_outage_keeps_relaying_and_mirror_catches_up(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    """ZooKeeper down 15 s under load: events keep flowing; the mirror catches up after."""
+    worker, app_id, topic = start_worker(workers, tmp_path, unique, database)
+    path = f"/aesop-test/{app_id}/relays/src"
+    with SteadyLoad(database) as load:
+        load.wait_for(RATE)
+        with stopped(stack, "zookeeper"):
+            outage_ends = time.monotonic() + 15
+            load.wait_for(RATE)
+            time.sleep(max(0.0, outage_ends - 7 - time.monotonic()))
+            # A row committed well into the outage reaches Kafka while ZooKeeper is down.
+            late = load.committed[-1]
+            read_rows(topic, {late}, timeout=max(1.0, outage_ends - time.monotonic()))
+            delivered_while_down = time.monotonic() < outage_ends
+            time.sleep(max(0.0, outage_ends - time.monotonic()))
+        back = time.monotonic()
+        load.wait_for(RATE // 2)
+        committed = load.stop()
+    messages = read_rows(topic, set(committed), timeout=30)
+    latest = max((m["value"]["scn"], m["value"]["row"]) for m in messages)
+    mirrored = None
+    while time.monotonic() - back < 20:
+        mirrored = zk_get(path)
+        if mirrored is not None and checkpoint_identity(mirrored) == latest:
+            break
+        time.sleep(0.25)
+    caught_up_after = time.monotonic() - back
+
+    assert delivered_while_down, "events stopped reaching Kafka while ZooKeeper was down"
+    assert_every_row_once(messages, committed, database)
+    assert mirrored is not None and checkpoint_identity(mirrored) == latest, (
+        f"ZooKeeper mirror {mirrored} never caught up to {latest}"
+    )
+    assert caught_up_after < 15, f"mirror caught up only {caught_up_after:.1f}s after ZooKeeper"
+    assert "mirror caught up" in worker.log()
+    assert worker.proc.poll() is None
+    assert "Traceback" not in worker.log()
