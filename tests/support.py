@@ -1,4 +1,4 @@
-"""Helpers for tests against the real stack: configs, worker processes, Kafka and ZooKeeper reads."""
+"""Helpers for tests against the real stack: configs, workers, Kafka and ZooKeeper reads."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import orjson
 import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from app.settings import MySQLURL
 
@@ -212,7 +213,7 @@ async def _read_topic(
         while not (partitions := consumer.partitions_for_topic(topic)):
             if time.monotonic() > deadline:
                 return messages
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - test-only poll
+            await consumer._client.force_metadata_update()  # test-only: refresh metadata
             await asyncio.sleep(0.3)
         consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
         await consumer.seek_to_beginning()
@@ -252,3 +253,178 @@ def zk_get(path: str) -> dict[str, Any] | None:
 
 def identities(messages: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return [(m["value"]["scn"], m["value"]["row"]) for m in messages]
+
+
+def count_then_settle(n: int, settle: float = 1.5) -> Callable[[list[dict[str, Any]]], bool]:
+    """Until at least ``n`` messages arrived, and then ``settle`` more seconds (to see extras)."""
+    reached: list[float] = []
+
+    def until(messages: list[dict[str, Any]]) -> bool:
+        if len(messages) < n:
+            return False
+        if not reached:
+            reached.append(time.monotonic())
+        return time.monotonic() - reached[0] >= settle
+
+    return until
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass(frozen=True)
+class BinlogRows:
+    """One rows event of a test's database, as SHOW BINLOG EVENTS lists it."""
+
+    file: str
+    pos: int
+    op: str
+    db: str
+    table: str
+    gtid: str | None
+
+    @property
+    def scn(self) -> int:
+        return int(self.file.rsplit(".", 1)[1]) << 32 | self.pos
+
+
+@dataclass
+class BinlogTransaction:
+    """A transaction (or DDL) after a start position: its GTID, rows events and end."""
+
+    gtid: str | None
+    rows: list[BinlogRows] = field(default_factory=list)
+    end: tuple[str, int] | None = None
+
+
+ROWS_EVENTS = {"Write_rows": "c", "Update_rows": "u", "Delete_rows": "d"}
+
+
+def binlog_transactions(start: str, database: str) -> list[BinlogTransaction]:
+    """The committed transactions since ``start`` with rows events of ``database``'s tables.
+
+    An oracle independent of the relay: the server's own listing of its binlog.
+    """
+    file, _, pos = start.rpartition(":")
+    files = [row[0] for row in sql("SHOW BINARY LOGS")]
+    tables: dict[str, tuple[str, str]] = {}
+    found: list[BinlogTransaction] = []
+    txn = BinlogTransaction(None)
+    for name in files[files.index(file) :]:
+        offset = f" FROM {pos}" if name == file else ""
+        for _, at, kind, _, end, info in sql(f"SHOW BINLOG EVENTS IN '{name}'{offset}"):
+            if kind == "Gtid":
+                txn = BinlogTransaction(info.split()[-1])
+            elif kind == "Table_map":
+                table_id = info.split()[1]
+                db, _, table = info[info.index("(") + 1 : info.rindex(")")].partition(".")
+                tables[table_id] = (db, table)
+            elif kind.rsplit("_", 1)[0] in ROWS_EVENTS:
+                db, table = tables[info.split()[1]]
+                if db == database:
+                    op = ROWS_EVENTS[kind.rsplit("_", 1)[0]]
+                    txn.rows.append(BinlogRows(name, at, op, db, table, txn.gtid))
+            elif kind == "Xid" or (kind == "Query" and not info.startswith(("BEGIN", "SAVEPOINT"))):
+                txn.end = (name, end)
+                if txn.rows:
+                    found.append(txn)
+                txn = BinlogTransaction(None)
+    return found
+
+
+def delete_topics(*topics: str, timeout: float = 60.0) -> None:
+    """Delete topics and wait until the broker no longer lists them."""
+    asyncio.run(_delete_topics(list(topics), timeout))
+
+
+async def _delete_topics(topics: list[str], timeout: float) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t in existing]
+        if wanted:
+            await admin.delete_topics(wanted)
+        deadline = time.monotonic() + timeout
+        while set(wanted) & set(await admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topics {wanted} still listed after {timeout}s")
+            await asyncio.sleep(0.3)
+    finally:
+        await admin.close()
+
+
+def act_then_wait_for_messages(
+    topic: str, action: Callable[[], Any], at_least: int, timeout: float = 60.0
+) -> None:
+    """Run ``action``, then return as soon as ``topic`` grew by ``at_least`` messages.
+
+    The consumer is started before the action, and only end offsets are polled, so this
+    returns within milliseconds of the broker having the messages (to stop a worker mid-way).
+    """
+    asyncio.run(_act_then_wait(topic, action, at_least, timeout))
+
+
+async def _act_then_wait(
+    topic: str, action: Callable[[], Any], at_least: int, timeout: float
+) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not (partitions := consumer.partitions_for_topic(topic)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} does not exist")
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.3)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        baseline = sum((await consumer.end_offsets(tps)).values())
+        action()
+        while sum((await consumer.end_offsets(tps)).values()) - baseline < at_least:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic} did not grow by {at_least} within {timeout}s")
+            await asyncio.sleep(0.01)
+    finally:
+        await consumer.stop()
+
+
+def delete_topics_starting_with(*prefixes: str, timeout: float = 60.0) -> None:
+    """Delete every topic whose name starts with one of ``prefixes`` (test clean-up)."""
+
+    async def names() -> list[str]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        await admin.start()
+        try:
+            return [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        finally:
+            await admin.close()
+
+    found = asyncio.run(names())
+    if found:
+        delete_topics(*found, timeout=timeout)
+
+
+def zk_delete(path: str) -> None:
+    """Delete ``path`` and everything under it, if present (test clean-up)."""
+    client = KazooClient(hosts=ZOOKEEPER, timeout=10)
+    client.start(timeout=15)
+    try:
+        client.delete(path, recursive=True)
+    except NoNodeError:
+        pass
+    finally:
+        client.stop()
+        client.close()
