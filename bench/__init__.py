@@ -1,0 +1,1 @@
+"""Benchmarks of the relay against the local stack (`make bench`)."""
