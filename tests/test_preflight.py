@@ -1,0 +1,680 @@
+"""Preflight and config errors through the real CLI and worker: one actionable line, never a trace.
+
+Server settings are changed on throwaway mariadbd processes started here, never on the
+shared stack, so no other test sees a STATEMENT binlog or a compressed event.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pymysql
+import pytest
+from kazoo.client import KazooClient
+
+from tests.support import (
+    ROOT,
+    ZOOKEEPER,
+    SourceSpec,
+    WorkerFactory,
+    count_at_least,
+    free_port,
+    read_topic,
+    wait_until,
+    write_config,
+    zk_get,
+)
+
+BIN = Path(sys.executable).parent
+MARIADBD = shutil.which("mariadbd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+INSTALL_DB = shutil.which("mariadb-install-db", path=f"{os.environ.get('PATH', '')}:/usr/bin")
+BINLOG_ON = (
+    "--log-bin=mysql-bin",
+    "--server-id=1",
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+    "--log-bin-compress=OFF",
+)
+
+
+# --- throwaway servers -------------------------------------------------------------------
+
+
+@dataclass
+class PrivateServer:
+    """A mariadbd of this test session on 127.0.0.1:<port>, root with no password."""
+
+    base: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def url(self, user: str = "root", password: str = "") -> str:
+        secret = f":{password}" if password else ""
+        return f"mysql://{user}{secret}@127.0.0.1:{self.port}"
+
+    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
+        with pymysql.connect(
+            host="127.0.0.1", port=self.port, user="root", autocommit=True
+        ) as conn, conn.cursor() as cur:  # fmt: skip
+            rows: list[tuple[Any, ...]] = []
+            for statement in statements:
+                cur.execute(statement)
+                rows = list(cur.fetchall())
+            return rows
+
+    def position(self) -> tuple[str, int]:
+        file, pos = self.sql("SHOW MASTER STATUS")[0][:2]
+        return str(file), int(pos)
+
+    def log(self) -> str:
+        path = self.base / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop this server by its pid (SIGTERM, then SIGKILL after 60 s)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def start_private_server(base: Path, *options: str) -> PrivateServer:
+    """mariadb-install-db a data dir under ``base``, start mariadbd on it, add root@127.0.0.1."""
+    assert MARIADBD and INSTALL_DB, "mariadb-server is not installed (make up installs it)"
+    base.mkdir(parents=True, exist_ok=True)
+    datadir, sock = base / "data", base / "sock"
+    subprocess.run(
+        [INSTALL_DB, "--no-defaults", "--user=root", f"--datadir={datadir}",
+         "--auth-root-authentication-method=normal", "--skip-test-db"],
+        check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+    )  # fmt: skip
+    port = free_port()
+    out = (base / "mariadbd.out").open("ab")
+    proc = subprocess.Popen(
+        [MARIADBD, "--no-defaults", f"--datadir={datadir}", f"--port={port}",
+         "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={base / 'pid'}",
+         "--user=root", "--skip-name-resolve", f"--log-error={base / 'error.log'}",
+         "--innodb-buffer-pool-size=32M", *options],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    out.close()
+    server = PrivateServer(base, port, proc)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True)
+            break
+        except pymysql.err.OperationalError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise AssertionError(f"mariadbd in {base} did not start:\n{server.log()}") from None
+            time.sleep(0.2)
+    # As docker/mariadb/bootstrap.sql: with skip-name-resolve a TCP client from 127.0.0.1
+    # matches only root@127.0.0.1.
+    with conn, conn.cursor() as cur:
+        for statement in (
+            "SET sql_log_bin = 0",
+            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'",
+            "ALTER USER 'root'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('')",
+            "GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION",
+        ):
+            cur.execute(statement)
+    return server
+
+
+@pytest.fixture(scope="session")
+def binlog_off_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
+    """A server started with --skip-log-bin (log_bin is not dynamic)."""
+    server = start_private_server(tmp_path_factory.mktemp("mariadb-nobinlog"), "--skip-log-bin")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def binlog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
+    """A server configured as aesop wants it; tests change its globals and restore them."""
+    server = start_private_server(tmp_path_factory.mktemp("mariadb-binlog"), *BINLOG_ON)
+    yield server
+    server.stop()
+
+
+@contextmanager
+def global_variable(server: PrivateServer, name: str, value: str) -> Iterator[None]:
+    """SET GLOBAL name = value for the block; the old value is restored whatever happens."""
+    ((_, old),) = server.sql(f"SHOW GLOBAL VARIABLES LIKE '{name}'")
+    server.sql(f"SET GLOBAL {name} = '{value}'")
+    try:
+        yield
+    finally:
+        server.sql(f"SET GLOBAL {name} = '{old}'")
+
+
+@contextmanager
+def account(
+    server: PrivateServer, user: str, grants: str | None, password: str = "pw"
+) -> Iterator[str]:
+    """A user@'%' with only ``grants`` on *.*; yields its mysql:// URL; dropped afterwards."""
+    server.sql(
+        f"DROP USER IF EXISTS '{user}'@'%'", f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"
+    )
+    try:
+        if grants:
+            server.sql(f"GRANT {grants} ON *.* TO '{user}'@'%'")
+        yield server.url(user, password)
+    finally:
+        server.sql(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+# --- the CLI ---------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run(argv: list[str], config: Path, env: dict[str, str] | None = None) -> Outcome:
+    """Run a command as an operator would, with only AESOP_CONFIG (and ``env``) set."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AESOP_")}
+    proc = subprocess.run(
+        argv,
+        cwd=ROOT,
+        env={**clean, "AESOP_CONFIG": str(config), **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr)
+
+
+def aesop_check(config: Path, env: dict[str, str] | None = None) -> Outcome:
+    return run([str(BIN / "aesop"), "check"], config, env)
+
+
+def assert_one_error(outcome: Outcome, code: int, prefix: str, *needles: str) -> str:
+    """Exit ``code``, one line on stderr starting with ``prefix``, nothing else; returns it."""
+    assert "Traceback" not in outcome.text, outcome.text
+    assert outcome.code == code, outcome.text
+    assert outcome.stdout == "", outcome.text
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1, outcome.text
+    line = lines[0]
+    assert line.startswith(prefix), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def config_for(
+    tmp_path: Path, unique: str, *sources: tuple[str, str], zookeeper: str = ZOOKEEPER
+) -> Path:
+    """A config with one source per (name, mysql URL), each with its own server id."""
+    specs = [
+        SourceSpec(
+            name=name,
+            include=["*.*"],
+            server_id=7000 + random.randrange(10**8),
+            start="earliest",
+            topic=f"aesop.t{unique}-{name}",
+            mysql=url,
+        )
+        for name, url in sources
+    ]
+    return write_config(tmp_path / "aesop.toml", f"t{unique}", specs, zookeeper=zookeeper)
+
+
+def source_error(name: str) -> str:
+    return f"error: source {name!r}: "
+
+
+# --- aesop check against servers -------------------------------------------------------------
+
+
+def test_check_passes_for_root_a_replication_user_and_a_role(
+    binlog_server: PrivateServer, tmp_path: Path, unique: str
+) -> None:
+    server = binlog_server
+    server.sql(
+        "DROP ROLE IF EXISTS pf_relay",
+        "CREATE ROLE pf_relay",
+        "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO pf_relay",
+    )
+    try:
+        with (
+            account(server, "pf_repl", "REPLICATION SLAVE, REPLICATION CLIENT") as repl,
+            account(server, "pf_role", None) as role,
+        ):
+            server.sql(
+                "GRANT pf_relay TO 'pf_role'@'%'", "SET DEFAULT ROLE pf_relay FOR 'pf_role'@'%'"
+            )
+            config = config_for(
+                tmp_path, unique, ("root", server.url()), ("repl", repl), ("role", role)
+            )
+            outcome = aesop_check(config)
+    finally:
+        server.sql("DROP ROLE IF EXISTS pf_relay")
+    assert outcome.code == 0, outcome.text
+    assert outcome.stderr == ""
+    lines = outcome.stdout.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "source 'root'", "source 'repl'", "source 'role'",
+    ]  # fmt: skip
+    for line in lines:
+        assert re.match(
+            r"ok: source '\w+': reads from mysql-bin\.\d+:4 \(start = earliest\)$", line
+        )
+
+
+def test_check_refuses_a_server_without_binlog(
+    binlog_off_server: PrivateServer, tmp_path: Path, unique: str
+) -> None:
+    config = config_for(tmp_path, unique, ("shop", binlog_off_server.url()))
+    assert_one_error(
+        aesop_check(config), 1, source_error("shop"), "binary logging is off", "log-bin=mysql-bin"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("binlog_format", "STATEMENT", ["binlog_format is STATEMENT", "set binlog_format=ROW"]),
+        ("binlog_format", "MIXED", ["binlog_format is MIXED", "set binlog_format=ROW"]),
+        ("binlog_row_image", "MINIMAL", ["binlog_row_image is MINIMAL", "binlog_row_image=FULL"]),
+        ("binlog_row_image", "NOBLOB", ["binlog_row_image is NOBLOB", "binlog_row_image=FULL"]),
+        ("binlog_row_metadata", "MINIMAL", ["binlog_row_metadata is MINIMAL", "=FULL"]),
+        ("binlog_row_metadata", "NO_LOG", ["binlog_row_metadata is NO_LOG", "=FULL"]),
+        ("log_bin_compress", "ON", ["log_bin_compress is ON", "set log_bin_compress=OFF"]),
+    ],
+)
+def test_check_refuses_a_binlog_setting(
+    binlog_server: PrivateServer,
+    tmp_path: Path,
+    unique: str,
+    name: str,
+    value: str,
+    expected: list[str],
+) -> None:
+    config = config_for(tmp_path, unique, ("shop", binlog_server.url()))
+    with global_variable(binlog_server, name, value):
+        outcome = aesop_check(config)
+    assert_one_error(outcome, 1, source_error("shop"), *expected)
+    assert aesop_check(config).code == 0, "restoring the variable should make the check pass"
+
+
+def test_check_names_every_wrong_binlog_setting_in_one_line(
+    binlog_server: PrivateServer, tmp_path: Path, unique: str
+) -> None:
+    config = config_for(tmp_path, unique, ("shop", binlog_server.url()))
+    with (
+        global_variable(binlog_server, "binlog_format", "STATEMENT"),
+        global_variable(binlog_server, "binlog_row_image", "MINIMAL"),
+    ):
+        outcome = aesop_check(config)
+    assert_one_error(
+        outcome, 1, source_error("shop"),
+        "binlog_format is STATEMENT, binlog_row_image is MINIMAL",
+        "set binlog_format=ROW, binlog_row_image=FULL",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("grants", "lacks"),
+    [
+        ("REPLICATION CLIENT", "lacks REPLICATION SLAVE;"),
+        ("REPLICATION SLAVE", "lacks REPLICATION CLIENT;"),
+        ("REPLICATION SLAVE, SLAVE MONITOR", "lacks REPLICATION CLIENT;"),
+        ("REPLICATION SLAVE ADMIN, BINLOG MONITOR", "lacks REPLICATION SLAVE;"),
+        (None, "lacks REPLICATION SLAVE and REPLICATION CLIENT;"),
+    ],
+)
+def test_check_refuses_a_missing_privilege(
+    binlog_server: PrivateServer, tmp_path: Path, unique: str, grants: str | None, lacks: str
+) -> None:
+    with account(binlog_server, "pf_user", grants) as url:
+        outcome = aesop_check(config_for(tmp_path, unique, ("shop", url)))
+    assert_one_error(
+        outcome, 1, source_error("shop"), "user 'pf_user'", lacks,
+        "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'pf_user'@'%'",
+    )  # fmt: skip
+
+
+def test_check_refuses_an_unreachable_server(tmp_path: Path, unique: str) -> None:
+    port = free_port()  # nothing listens on it
+    config = config_for(tmp_path, unique, ("shop", f"mysql://root@127.0.0.1:{port}"))
+    assert_one_error(
+        aesop_check(config), 1, source_error("shop"),
+        f"cannot reach MySQL at 127.0.0.1:{port}", "is it running?",
+    )  # fmt: skip
+
+
+def test_check_refuses_a_wrong_password_without_printing_it(
+    binlog_server: PrivateServer, tmp_path: Path, unique: str
+) -> None:
+    with account(binlog_server, "pf_pw", "REPLICATION SLAVE, REPLICATION CLIENT", "right-pw"):
+        url = binlog_server.url("pf_pw", "Wr0ng-S3cret")
+        outcome = aesop_check(config_for(tmp_path, unique, ("shop", url)))
+    line = assert_one_error(
+        outcome, 1, source_error("shop"),
+        f"access denied for 'pf_pw' at 127.0.0.1:{binlog_server.port}", "check user/password",
+    )  # fmt: skip
+    assert "Wr0ng-S3cret" not in line
+
+
+def test_check_reports_each_failing_source_on_its_own_line(
+    binlog_server: PrivateServer, binlog_off_server: PrivateServer, tmp_path: Path, unique: str
+) -> None:
+    config = config_for(
+        tmp_path, unique,
+        ("down", f"mysql://root@127.0.0.1:{free_port()}"),
+        ("nobinlog", binlog_off_server.url()),
+        ("good", binlog_server.url()),
+    )  # fmt: skip
+    outcome = aesop_check(config)
+    assert outcome.code == 1, outcome.text
+    assert "Traceback" not in outcome.text
+    errors = outcome.stderr.splitlines()
+    assert len(errors) == 2, outcome.text
+    assert errors[0].startswith(source_error("down")) and "cannot reach MySQL" in errors[0]
+    assert errors[1].startswith(source_error("nobinlog")) and "binary logging is off" in errors[1]
+    assert outcome.stdout.startswith("ok: source 'good': reads from mysql-bin.")
+    assert len(outcome.stdout.splitlines()) == 1
+
+
+def test_check_refuses_unreachable_zookeeper(
+    binlog_server: PrivateServer, tmp_path: Path, unique: str
+) -> None:
+    zookeeper = f"127.0.0.1:{free_port()}"
+    config = config_for(tmp_path, unique, ("shop", binlog_server.url()), zookeeper=zookeeper)
+    assert_one_error(
+        aesop_check(config), 1, "aesop: ", f"cannot reach ZooKeeper at {zookeeper}",
+        'zookeeper = ""',
+    )  # fmt: skip
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+@contextmanager
+def zk_documents(root: str, documents: dict[str, bytes]) -> Iterator[None]:
+    """Put raw documents under ``root`` in the stack's ZooKeeper; delete ``root`` afterwards."""
+    client = KazooClient(hosts=ZOOKEEPER, timeout=10)
+    client.start(timeout=15)
+    try:
+        for path, data in documents.items():
+            client.create(root + path, data, makepath=True)
+        yield
+    finally:
+        client.delete(root, recursive=True)
+        client.stop()
+        client.close()
+
+
+def purged_binlog(server: PrivateServer) -> tuple[str, str]:
+    """Rotate and purge so the oldest binlog so far is gone; returns (purged, oldest now)."""
+    first = server.sql("SHOW BINARY LOGS")[0][0]
+    server.sql("FLUSH BINARY LOGS")
+    newest = server.sql("SHOW BINARY LOGS")[-1][0]
+
+    def purged() -> bool:
+        # PURGE keeps a file until its binlog checkpoint is written, a moment after FLUSH.
+        server.sql(f"PURGE BINARY LOGS TO '{newest}'")
+        return [row[0] for row in server.sql("SHOW BINARY LOGS")] == [newest]
+
+    wait_until(purged, 30, f"PURGE BINARY LOGS TO '{newest}' to leave only {newest}")
+    return first, newest
+
+
+def checkpoint_document(file: str, pos: int = 4) -> bytes:
+    seq = int(file.rsplit(".", 1)[1])
+    return orjson.dumps(
+        {"file": file, "pos": pos, "gtid": None, "scn": seq << 32 | pos, "row": -1, "ts_ms": 0}
+    )
+
+
+def test_check_refuses_a_checkpoint_in_a_purged_binlog(
+    binlog_server: PrivateServer, tmp_path: Path, unique: str
+) -> None:
+    purged, oldest = purged_binlog(binlog_server)
+    config = config_for(tmp_path, unique, ("shop", binlog_server.url()))
+    root = f"/aesop-test/t{unique}"
+    with zk_documents(root, {"/relays/shop": checkpoint_document(purged)}):
+        outcome = aesop_check(config)
+    assert_one_error(
+        outcome, 1, source_error("shop"),
+        f"binlog {purged} (the checkpoint) is no longer on the server (oldest is {oldest})",
+        "keep binlogs longer", "delete the checkpoint",
+    )  # fmt: skip
+    # Without the checkpoint the same source is fine: the error was about the position.
+    assert aesop_check(config).code == 0
+
+
+@pytest.mark.parametrize(
+    ("document", "prefix", "expected"),
+    [
+        (b'{"file": "mysql-bin.000001"}', source_error("shop"), "stored checkpoint"),
+        (b"not json", "aesop: ZooKeeper ", "is not JSON; fix or delete that node"),
+    ],
+    ids=["malformed", "not-json"],
+)
+def test_check_refuses_a_malformed_checkpoint(
+    binlog_server: PrivateServer,
+    tmp_path: Path,
+    unique: str,
+    document: bytes,
+    prefix: str,
+    expected: str,
+) -> None:
+    config = config_for(tmp_path, unique, ("shop", binlog_server.url()))
+    root = f"/aesop-test/t{unique}"
+    with zk_documents(root, {"/relays/shop": document}):
+        outcome = aesop_check(config)
+    assert_one_error(outcome, 1, prefix, f"{root}/relays/shop", expected)
+
+
+# --- the worker --------------------------------------------------------------------------
+
+
+def lines_with(text: str, needle: str) -> list[str]:
+    """The log lines holding ``needle``, without the trailing blank faust's logger adds."""
+    return [line.rstrip() for line in text.splitlines() if needle in line]
+
+
+def test_worker_stops_at_a_purged_checkpoint_with_the_checks_error(
+    binlog_server: PrivateServer, workers: WorkerFactory, tmp_path: Path, unique: str
+) -> None:
+    purged, _ = purged_binlog(binlog_server)
+    config = config_for(tmp_path, unique, ("shop", binlog_server.url()))
+    root = f"/aesop-test/t{unique}"
+    with zk_documents(root, {"/relays/shop": checkpoint_document(purged)}):
+        check_line = assert_one_error(aesop_check(config), 1, source_error("shop"))
+        worker = workers.start(config)
+        worker.wait_for_log("is no longer on the server", timeout=90)
+        time.sleep(3)  # time enough to start reading from somewhere else, if it were to
+        log = worker.log()
+    errors = lines_with(log, "is no longer on the server")
+    assert len(errors) == 1, errors
+    assert errors[0].endswith(f"relay shop: {check_line.removeprefix('error: ')}"), errors[0]
+    assert "[ERROR]" in errors[0]
+    assert "relay shop: reading" not in log
+    assert "Traceback" not in log
+    assert worker.stop() == 0
+
+
+def test_worker_logs_each_failed_preflight_in_one_line_and_recovers(
+    binlog_server: PrivateServer, workers: WorkerFactory, tmp_path: Path, unique: str
+) -> None:
+    config = config_for(tmp_path, unique, ("shop", binlog_server.url()))
+    with global_variable(binlog_server, "binlog_format", "STATEMENT"):
+        worker = workers.start(config)
+        wait_until(
+            lambda: len(lines_with(worker.log(), "binlog_format is STATEMENT")) >= 2,
+            90, "two failed preflight attempts in the worker log",
+        )  # fmt: skip
+    for line in lines_with(worker.log(), "binlog_format is STATEMENT"):
+        assert re.search(
+            r"relay shop: source 'shop': binlog_format is STATEMENT; set binlog_format=ROW "
+            r"in the server's config and restart it; retrying in \d+\.\d+s$",
+            line,
+        ), line
+    # Fixed on the server, the same worker starts reading without a restart.
+    worker.wait_for_log("relay shop: reading", timeout=60)
+    assert "Traceback" not in worker.log()
+    assert "relay shop: reading" not in worker.log().split("binlog_format is STATEMENT")[0]
+
+
+def test_worker_relays_as_a_user_with_only_the_checked_privileges(
+    binlog_server: PrivateServer, workers: WorkerFactory, tmp_path: Path, unique: str
+) -> None:
+    """What the check passes must also work: REPLICATION SLAVE + CLIENT are enough to relay."""
+    server, db = binlog_server, f"t_{unique}"
+    server.sql(f"CREATE DATABASE {db}", f"CREATE TABLE {db}.notes (id INT PRIMARY KEY)")
+    file, pos = server.position()
+    topic = f"aesop.t{unique}"
+    with account(server, "pf_relay_user", "REPLICATION SLAVE, REPLICATION CLIENT") as url:
+        spec = SourceSpec(
+            "shop", [f"{db}.*"], 7000 + random.randrange(10**8), f"{file}:{pos}", topic, mysql=url
+        )
+        config = write_config(tmp_path / "aesop.toml", f"t{unique}", [spec])
+        assert aesop_check(config).code == 0
+        worker = workers.start(config)
+        worker.wait_for_log("relay shop: reading", timeout=90)
+        server.sql(f"INSERT INTO {db}.notes VALUES (7)")
+        messages = read_topic(topic, count_at_least(1), timeout=60)
+    assert [m["value"]["after"] for m in messages] == [{"id": 7}]
+    server.sql(f"DROP DATABASE {db}")
+
+
+def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
+    binlog_server: PrivateServer, workers: WorkerFactory, tmp_path: Path, unique: str
+) -> None:
+    server, db = binlog_server, f"t_{unique}"
+    server.sql(
+        f"CREATE DATABASE {db}",
+        f"CREATE TABLE {db}.notes (id INT PRIMARY KEY, body TEXT)",
+    )
+    file, pos = server.position()
+    topic = f"aesop.t{unique}"
+    spec = SourceSpec(
+        "shop", [f"{db}.*"], 7000 + random.randrange(10**8), f"{file}:{pos}", topic,
+        mysql=server.url(),
+    )  # fmt: skip
+    root = f"/aesop-test/t{unique}"
+    worker = workers.start(write_config(tmp_path / "aesop.toml", f"t{unique}", [spec]))
+    worker.wait_for_log("relay shop: reading", timeout=90)
+
+    server.sql(f"INSERT INTO {db}.notes VALUES (1, 'before')")
+    assert len(read_topic(topic, count_at_least(1), timeout=60)) == 1
+    wait_until(lambda: (zk_get(f"{root}/relays/shop") or {}).get("row") == 0, 30,
+               "the checkpoint of row 1 in ZooKeeper")  # fmt: skip
+
+    boundary = server.position()
+    with global_variable(server, "log_bin_compress", "ON"):
+        server.sql(f"INSERT INTO {db}.notes VALUES (2, '{'x' * 2000}')")
+    server.sql(f"INSERT INTO {db}.notes VALUES (3, 'after')")
+    compressed = [
+        row for row in server.sql(f"SHOW BINLOG EVENTS IN '{boundary[0]}' FROM {boundary[1]}")
+        if "compressed" in row[2].lower() and "rows" in row[2].lower()
+    ]  # fmt: skip
+    assert len(compressed) == 1, "the server did not write a compressed rows event"
+    at = f"{boundary[0]}:{compressed[0][1]}"
+
+    worker.wait_for_log("COMPRESSED_EVENT", timeout=60)
+    time.sleep(3)  # what would have been published or checkpointed past it, would be by now
+    errors = lines_with(worker.log(), "COMPRESSED_EVENT")
+    assert len(errors) == 1, errors  # the next attempt comes after RECONNECT.maximum (30 s)
+    assert re.search(
+        rf"relay shop: source 'shop': WRITE_ROWS_COMPRESSED_EVENT(_V1)? at {re.escape(at)} "
+        r"cannot be decoded; set log_bin_compress=OFF",
+        errors[0],
+    ), errors[0]
+    assert "Traceback" not in worker.log()
+
+    messages = read_topic(topic, count_at_least(2), timeout=5)
+    assert [m["value"]["after"]["id"] for m in messages] == [1], "published past the event"
+    checkpoint = zk_get(f"{root}/relays/shop")
+    assert checkpoint is not None
+    seq = int(boundary[0].rsplit(".", 1)[1])
+    assert checkpoint["scn"] < seq << 32 | int(compressed[0][1]), checkpoint
+    assert (checkpoint["file"], checkpoint["pos"]) <= boundary, checkpoint
+    server.sql(f"DROP DATABASE {db}")
+
+
+# --- configuration errors ----------------------------------------------------------------
+
+SOURCE = '[[source]]\nname = "shop"\nmysql = "mysql://root@127.0.0.1:3306"\nserver_id = 5401\n'
+
+
+TWO = SOURCE + SOURCE.replace('"shop"', '"shop2"')
+BAD_CONFIGS = [
+    pytest.param('[aesop]\nkafak = "x:9092"\n', {}, "[aesop].kafak: unknown key", id="unknown-key"),
+    pytest.param(SOURCE + 'includes = ["a.*"]\n', {}, "[[source]] 'shop'.includes: unknown key",
+                 id="unknown-source-key"),
+    pytest.param('[aesop]\nweb_port = "6066"\n', {}, "[aesop].web_port: must be an integer",
+                 id="bad-type"),
+    pytest.param(SOURCE.replace('"shop"', '"Shop!"'), {}, "[[source]] 'Shop!'.name: must match",
+                 id="bad-source-name"),
+    pytest.param(SOURCE + SOURCE.replace("5401", "5402"), {},
+                 "[[source]].name: 'shop' is used twice", id="duplicate-name"),
+    pytest.param(TWO, {}, "[[source]].server_id: 5401 is used twice", id="duplicate-server-id"),
+    pytest.param(SOURCE.replace("server_id = 5401\n", ""), {},
+                 "[[source]] 'shop'.server_id: is required", id="missing-key"),
+    pytest.param('[aesop\nid = "x"\n', {}, "not valid TOML", id="bad-toml"),
+    pytest.param(SOURCE.replace("mysql://", "postgres://"), {},
+                 "[[source]] 'shop'.mysql: must look like mysql://", id="bad-mysql-url"),
+    pytest.param("[aesop]\n", {"AESOP_WEB_PORT": "notanumber"},
+                 "AESOP_WEB_PORT (overrides [aesop].web_port): must be an integer",
+                 id="bad-env-override"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "env", "needle"), BAD_CONFIGS)
+def test_check_refuses_a_bad_config(
+    tmp_path: Path, text: str, env: dict[str, str], needle: str
+) -> None:
+    config = tmp_path / "aesop.toml"
+    config.write_text(text)
+    assert_one_error(aesop_check(config, env), 2, f"aesop: {config}: ", needle)
+
+
+def test_check_refuses_a_missing_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "nowhere.toml"
+    assert_one_error(
+        aesop_check(config), 2, f"aesop: {config}: ", "no such config file", "AESOP_CONFIG"
+    )
+
+
+@pytest.mark.parametrize("command", ["faust", "aesop"])
+def test_worker_refuses_a_bad_config_in_one_line(tmp_path: Path, command: str) -> None:
+    config = tmp_path / "aesop.toml"
+    config.write_text('[aesop]\nweb_port = "6066"\n')
+    argv = {
+        "faust": [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
+        "aesop": [str(BIN / "aesop"), "worker"],
+    }[command]
+    assert_one_error(
+        run(argv, config), 2, f"aesop: {config}: ", "[aesop].web_port: must be an integer"
+    )
