@@ -56,8 +56,7 @@ class Relay:
     zk_root: str
 
     def read(self, n: int, settle: float = 1.5, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """The topic's messages once ``n`` arrived and nothing more came for ``settle`` s,
-        in (scn, row) order."""
+        """The messages, once ``n`` arrived and ``settle`` s passed, in (scn, row) order."""
         messages = read_topic(self.topic, count_then_settle(n, settle), timeout)
         return sorted(messages, key=lambda m: (m["value"]["scn"], m["value"]["row"]))
 
@@ -497,3 +496,30 @@ def test_savepoint_and_rollback_to_savepoint(workers, tmp_path, unique, database
     )
     end_file, end_pos = single.end
     assert (checkpoint["file"], checkpoint["pos"]) >= (end_file, end_pos)
+
+
+def test_xa_transaction_is_published_at_prepare(workers, tmp_path, unique, database):
+    # MariaDB writes an XA transaction's rows at XA PREPARE, ended by an XA_prepare event;
+    # XA COMMIT follows as a transaction of its own. No row may wait for, or be lost to, it.
+    sql(f"CREATE TABLE {database}.t (id INT PRIMARY KEY)")
+    relay = start_relay(workers, tmp_path, unique, database)
+    sql(
+        "XA START 'x1'",
+        "INSERT INTO t VALUES (1), (2)",
+        "INSERT INTO t VALUES (3)",
+        "XA END 'x1'",
+        "XA PREPARE 'x1'",
+        "XA COMMIT 'x1'",
+        "INSERT INTO t VALUES (4)",
+        database=database,
+    )
+    messages = relay.read(4)
+    values = [m["value"] for m in messages]
+    assert [(v["op"], v["key"]["id"], v["txn"]) for v in values] == [
+        ("c", 1, {"seq": 0, "last": False}),
+        ("c", 2, {"seq": 1, "last": False}),
+        ("c", 3, {"seq": 2, "last": True}),
+        ("c", 4, {"seq": 0, "last": True}),
+    ]
+    xa, single = binlog_transactions(relay.start, database)
+    assert [v["source"]["gtid"] for v in values] == [xa.gtid] * 3 + [single.gtid]

@@ -1,0 +1,318 @@
+"""Relay checkpoints on the real stack: table and ZooKeeper, exactly once across stops."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from tests.support import (
+    ROOT,
+    SourceSpec,
+    Worker,
+    WorkerFactory,
+    act_then_wait_for_messages,
+    binlog_transactions,
+    count_then_settle,
+    delete_topics,
+    delete_topics_starting_with,
+    identities,
+    master_position,
+    mysql_url,
+    read_topic,
+    sql,
+    wait_until,
+    write_config,
+    zk_delete,
+    zk_get,
+)
+
+SOURCE = "shop"
+CHECKPOINT_KEYS = {"file", "pos", "gtid", "scn", "row", "ts_ms"}
+
+
+@pytest.fixture(autouse=True)
+def cleanup(unique: str) -> Iterator[None]:
+    """After the test: drop its Kafka topics and the worker's local table directory."""
+    yield
+    delete_topics_starting_with(f"t{unique}-", f"aesop.t{unique}")
+    shutil.rmtree(ROOT / f"t{unique}-data", ignore_errors=True)
+    zk_delete(f"/aesop-test/t{unique}")
+
+
+@dataclass
+class Relay:
+    """A relay's config, so that a test can stop and start its worker at will."""
+
+    workers: WorkerFactory
+    config: Path
+    app_id: str
+    topic: str
+    start: str
+    worker: Worker | None = None
+
+    @property
+    def zk_path(self) -> str:
+        return f"/aesop-test/{self.app_id}/relays/{SOURCE}"
+
+    @property
+    def changelog(self) -> str:
+        return f"{self.app_id}-source_to_checkpoint-changelog"
+
+    def run(self) -> Worker:
+        self.worker = self.workers.start(self.config)
+        self.worker.wait_for_log(f"relay {SOURCE}: reading")
+        return self.worker
+
+    def stop(self) -> None:
+        assert self.worker is not None
+        assert self.worker.stop() == 0, "a clean stop exits 0"
+
+    def kill(self) -> None:
+        assert self.worker is not None
+        self.worker.kill()
+
+    def origin(self) -> str:
+        """Where the running worker took its checkpoint from, as it logged it."""
+        assert self.worker is not None
+        marker = f"relay {SOURCE}: checkpoint from "
+        line = next(line for line in self.worker.log().splitlines() if marker in line)
+        return line.split(marker, 1)[1].strip()
+
+    def messages(self, n: int, settle: float = 2.0) -> list[dict[str, Any]]:
+        return read_topic(self.topic, count_then_settle(n, settle), timeout=90)
+
+    def stored_in_changelog(self) -> dict[str, Any]:
+        """The last checkpoint the table's changelog holds for the source."""
+        records = read_topic(self.changelog, count_then_settle(1, 1.0), timeout=30)
+        ours = [r for r in records if r["key"] == SOURCE]
+        assert ours, f"no checkpoint for {SOURCE} in {self.changelog}"
+        return max(ours, key=lambda r: r["offset"])["value"]
+
+
+def make_relay(workers: WorkerFactory, tmp_path: Path, unique: str, database: str) -> Relay:
+    start = master_position()
+    app_id = f"t{unique}"
+    spec = SourceSpec(
+        name=SOURCE,
+        include=[f"{database}.*"],
+        server_id=6000 + random.randrange(10**8),
+        start=start,
+        topic=f"aesop.t{unique}",
+    )
+    config = write_config(tmp_path / "aesop.toml", app_id=app_id, sources=[spec])
+    return Relay(workers, config, app_id, spec.topic, start)
+
+
+class Writer(threading.Thread):
+    """Inserts rows numbered 1, 2, 3... in small transactions until told to stop."""
+
+    def __init__(self, database: str, limit: int = 20_000) -> None:
+        super().__init__(name="writer", daemon=True)
+        self.database = database
+        self.limit = limit
+        self.written = 0
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with pymysql.connect(**mysql_url(self.database).connect_args()) as conn:
+                cur = conn.cursor()
+                while not self._halt.is_set() and self.written < self.limit:
+                    rows = random.randint(1, 4)
+                    numbers = range(self.written + 1, self.written + rows + 1)
+                    cur.execute(
+                        "INSERT INTO numbers (n, pad) VALUES "
+                        + ", ".join(f"({n}, 'row {n}')" for n in numbers)
+                    )
+                    conn.commit()
+                    self.written += rows
+                    time.sleep(0.005)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> int:
+        self._halt.set()
+        self.join(30)
+        assert not self.is_alive() and self.error is None, self.error
+        return self.written
+
+
+def create_numbers(database: str) -> None:
+    sql(f"CREATE TABLE {database}.numbers (n INT PRIMARY KEY, pad VARCHAR(50))")
+
+
+def assert_exactly_once(messages: list[dict[str, Any]], written: int) -> None:
+    ids = identities(messages)
+    duplicates = [ident for ident, count in Counter(ids).items() if count > 1]
+    assert not duplicates, f"{len(duplicates)} (scn, row) published twice, e.g. {duplicates[:3]}"
+    numbers = sorted(m["value"]["after"]["n"] for m in messages)
+    missing = sorted(set(range(1, written + 1)) - set(numbers))
+    assert not missing, f"{len(missing)} rows never published, e.g. {missing[:5]}"
+    assert numbers == list(range(1, written + 1))
+
+
+def test_checkpoint_in_zookeeper_matches_last_published_event(workers, tmp_path, unique, database):
+    create_numbers(database)
+    relay = make_relay(workers, tmp_path, unique, database)
+    relay.run()
+    sql(
+        "INSERT INTO numbers VALUES (1, 'a'), (2, 'b')",
+        "UPDATE numbers SET pad = 'c' WHERE n = 1",
+        "INSERT INTO numbers VALUES (3, 'd'), (4, 'e'), (5, 'f')",
+        database=database,
+    )
+    messages = sorted(relay.messages(6), key=lambda m: (m["value"]["scn"], m["value"]["row"]))
+    assert len(messages) == 6
+    last = messages[-1]["value"]
+    checkpoint = wait_until(
+        lambda: (c := zk_get(relay.zk_path)) and (c["scn"], c["row"]) == (last["scn"], 2) and c,
+        timeout=15,
+        what="the ZooKeeper checkpoint to reach the last event",
+    )
+    assert set(checkpoint) == CHECKPOINT_KEYS
+    final = binlog_transactions(relay.start, database)[-1]
+    assert final.rows[0].scn == last["scn"]
+    # file/pos is a transaction boundary at or after the end of the last published
+    # transaction (later transactions of other databases may move it on).
+    assert final.end is not None
+    assert (checkpoint["file"], checkpoint["pos"]) >= final.end
+    if (checkpoint["file"], checkpoint["pos"]) == final.end:
+        assert checkpoint["gtid"] == final.gtid
+    assert abs(checkpoint["ts_ms"] - time.time() * 1000) < 60_000
+    # The table (its changelog) holds the same checkpoint the mirror has.
+    stored = wait_until(
+        lambda: (c := relay.stored_in_changelog()) == zk_get(relay.zk_path) and c,
+        timeout=15,
+        what="the changelog and ZooKeeper to agree",
+    )
+    assert (stored["scn"], stored["row"]) == (last["scn"], 2)
+
+
+def test_clean_restarts_under_load_publish_each_change_once(workers, tmp_path, unique, database):
+    create_numbers(database)
+    relay = make_relay(workers, tmp_path, unique, database)
+    relay.run()
+    writer = Writer(database)
+    writer.start()
+    for _ in range(2):
+        time.sleep(1.5)
+        relay.stop()
+        time.sleep(0.5)  # changes committed while no worker runs
+        relay.run()
+        assert relay.origin() == "table"
+    time.sleep(1.0)
+    written = writer.finish()
+    assert written > 200, "the writer made too little load to test anything"
+    assert_exactly_once(relay.messages(written), written)
+
+
+def test_clean_stop_inside_a_large_transaction(workers, tmp_path, unique, database):
+    create_numbers(database)
+    relay = make_relay(workers, tmp_path, unique, database)
+    big = 50_000
+    inside = 0
+    for attempt in range(3):
+        relay.run()
+        low = attempt * big
+
+        def insert(low: int = low) -> None:
+            sql(
+                f"INSERT INTO numbers SELECT seq + {low}, 'big' FROM seq_1_to_{big}",
+                database=database,
+            )
+
+        act_then_wait_for_messages(relay.topic, insert, at_least=1)
+        relay.stop()
+        checkpoint = zk_get(relay.zk_path)
+        assert checkpoint is not None
+        txn = binlog_transactions(relay.start, database)[-1]
+        first = txn.rows[0]
+        # Stopped mid-transaction: resume at its start, with some of its rows published.
+        resume_before = (checkpoint["file"], checkpoint["pos"]) < (first.file, first.pos)
+        if resume_before and checkpoint["scn"] >= first.scn:
+            inside += 1
+            break
+    relay.run()
+    assert relay.origin() == "table"
+    written = (attempt + 1) * big
+    assert inside, "never stopped inside the transaction; make it larger"
+    messages = relay.messages(written)
+    assert_exactly_once(messages, written)
+    # The transaction resumed mid-way still numbers its rows 0..n-1, ends once, has its GTID.
+    rows = sorted(
+        (m["value"] for m in messages if m["value"]["after"]["n"] > attempt * big),
+        key=lambda v: (v["scn"], v["row"]),
+    )
+    assert [v["txn"]["seq"] for v in rows] == list(range(big))
+    assert [v["txn"]["last"] for v in rows] == [False] * (big - 1) + [True]
+    assert {v["source"]["gtid"] for v in rows} == {txn.gtid}
+
+
+def test_kill_9_under_load_loses_nothing(workers, tmp_path, unique, database):
+    create_numbers(database)
+    relay = make_relay(workers, tmp_path, unique, database)
+    relay.run()
+    writer = Writer(database)
+    writer.start()
+    time.sleep(2.0)
+    relay.kill()
+    # What the table held when the worker died, and its (lazier) ZooKeeper mirror.
+    stored = relay.stored_in_changelog()
+    mirrored = zk_get(relay.zk_path)
+    assert mirrored is not None
+    assert (mirrored["scn"], mirrored["row"]) <= (stored["scn"], stored["row"])
+    time.sleep(0.5)
+    relay.run()
+    assert relay.origin() == "table"
+    time.sleep(1.5)
+    written = writer.finish()
+    messages = relay.messages(written)
+    numbers = sorted({m["value"]["after"]["n"] for m in messages})
+    assert numbers == list(range(1, written + 1)), "a committed change was lost"
+    copies: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for m in messages:
+        copies.setdefault((m["value"]["scn"], m["value"]["row"]), []).append(m)
+    assert len(copies) == written, "one (scn, row) per row written"
+    for (scn, row), same in copies.items():
+        if len(same) == 1:
+            continue
+        assert (scn, row) > (stored["scn"], stored["row"]), "republished an acknowledged event"
+        first = {**same[0]["value"], "ts_ms": None}
+        assert all({**m["value"], "ts_ms": None} == first for m in same), "copies differ"
+        assert len({m["partition"] for m in same}) == 1
+
+
+def test_wiped_table_resumes_from_zookeeper(workers, tmp_path, unique, database):
+    create_numbers(database)
+    relay = make_relay(workers, tmp_path, unique, database)
+    relay.run()
+    writer = Writer(database)
+    writer.start()
+    time.sleep(2.0)
+    relay.stop()
+    mirrored = zk_get(relay.zk_path)
+    assert mirrored == relay.stored_in_changelog(), "a clean stop leaves the mirror current"
+    delete_topics(relay.changelog)
+    shutil.rmtree(ROOT / f"{relay.app_id}-data", ignore_errors=True)
+    relay.run()
+    assert relay.origin() == "zookeeper"
+    time.sleep(1.5)
+    written = writer.finish()
+    assert_exactly_once(relay.messages(written), written)
+    # The table is written again from the resumed relay.
+    wait_until(
+        lambda: relay.stored_in_changelog()["scn"] > mirrored["scn"],
+        timeout=15,
+        what="a new checkpoint in the re-created changelog",
+    )
