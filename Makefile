@@ -36,4 +36,4 @@ lint: venv ## ruff lint and format check
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 bench: up venv ## Run the relay benchmark (figures as ratios to the parser ceiling)
-	cd $(ROOT) && $(PY) -m bench.relay_bench
+	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.relay_bench

@@ -1,12 +1,15 @@
-"""In-process baselines: the raw pymysqlreplication decode rate, and the relay's reader alone."""
+"""Baselines: the pymysqlreplication decode rate (patched and as released), the reader alone."""
 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
 
+import orjson
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
@@ -14,7 +17,7 @@ from app.settings import SourceSettings
 from relay import binlog
 from relay.handoff import Batch
 from relay.position import Position
-from tests.support import mysql_url
+from tests.support import ROOT, mysql_url
 
 ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)
 
@@ -67,6 +70,15 @@ def parser_rate(start: tuple[str, int], db: str, table: str, rows: int) -> dict[
         elapsed = time.perf_counter() - began
         stream.close()
     return {"rows": seen, "seconds": elapsed, "rows_per_s": seen / elapsed}
+
+
+def raw_parser_rate(start: tuple[str, int], db: str, table: str, rows: int) -> dict[str, Any]:
+    """parser_rate for pymysqlreplication as released, without the relay's fixes."""
+    names = [kind.__name__ for kind in binlog.EVENTS]
+    command = [sys.executable, "-m", "bench.raw_parser", start[0], str(start[1]), db, table]
+    command += [str(rows), str(server_id()), *names]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return dict(orjson.loads(done.stdout))
 
 
 class _CountingHandoff:

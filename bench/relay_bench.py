@@ -210,14 +210,15 @@ def _report(results: dict[str, Any]) -> None:
     lines = [f"aesop relay benchmark  ({results['rows']} mixed row changes, run {results['run']})"]
     ceiling_rate = results.get("parser_ceiling_rows_per_s")
     for label, key in (
-        ("(a)  parser ceiling", "parser"),
+        ("(a)  parser, as released", "raw_parser"),
+        ("(a)  parser, relay's fixes", "parser"),
         ("(a') reader, no Kafka", "reader"),
         ("(b)  end to end", "e2e"),
     ):
         if key in results:
             rate = results[key]["rows_per_s"]
             ratio = f"{rate / ceiling_rate:5.2f}x" if ceiling_rate else ""
-            lines.append(f"  {label:24} {rate:10.0f} rows/s  {ratio}")
+            lines.append(f"  {label:28} {rate:10.0f} rows/s  {ratio}")
     if "latency" in results:
         lat = results["latency"]
         lines.append(
@@ -296,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
             parser_runs.append(ceiling.parser_rate(start, run.db, "changes", rows))
             results["parser_runs"] = parser_runs
             results["parser"] = max(parser_runs, key=lambda r: r["rows_per_s"])
-            results["parser_ceiling_rows_per_s"] = results["parser"]["rows_per_s"]
+            # The library as released, too. The relay runs it with relay._pmr_patches, which
+            # it needs for lossless values; the ceiling is the faster of the two.
+            results["raw_parser"] = ceiling.raw_parser_rate(start, run.db, "changes", rows)
+            results["parser_ceiling_rows_per_s"] = max(
+                results["parser"]["rows_per_s"], results["raw_parser"]["rows_per_s"]
+            )
             ceiling_rate = results["parser_ceiling_rows_per_s"]
             results["reader_ratio"] = results["reader"]["rows_per_s"] / ceiling_rate
             if "e2e" in results:
