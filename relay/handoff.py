@@ -67,6 +67,13 @@ class Handoff:
             await self._ready.wait()
         return self._items.popleft()
 
+    def take_ready(self) -> list[Batch]:
+        """The batches already handed off, without waiting: send them in one go."""
+        ready = []
+        while self._items:
+            ready.append(self._items.popleft())
+        return ready
+
     def done(self) -> None:
         """A batch was acknowledged (or dropped): free its slot."""
         self._slots.release()

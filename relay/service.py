@@ -24,6 +24,7 @@ from relay import server
 from relay.binlog import BinlogReader
 from relay.handoff import Batch, Handoff
 from relay.position import Checkpoint
+from relay.publish import Publisher
 from tables.checkpoints import CheckpointStore, partition_of, source_to_checkpoint
 from tables.zookeeper import ZooKeeperUnavailable
 
@@ -219,8 +220,7 @@ class SourceRelay:
         acker: asyncio.Future[None],
     ) -> BaseException | None:
         """Send batches as they come until the reader thread ends; return its failure."""
-        producer = self.app.producer
-        topic = self.source.topic
+        publisher = Publisher(self.app.producer, self.source.topic)
         while True:
             getter = asyncio.ensure_future(handoff.get())
             await asyncio.wait({getter, done, acker}, return_when=asyncio.FIRST_COMPLETED)
@@ -232,12 +232,10 @@ class SourceRelay:
                     acker.result()  # raises the publish failure
                 failure = done.result()
                 return failure
-            batch = getter.result()
-            futures = [
-                await producer.send(topic, change.key, change.value, None, None, None)
-                for change in batch.changes
-            ]
-            self._in_flight.append((batch, futures))
+            # Whatever queued up meanwhile goes along: fuller record batches per partition.
+            batches = [getter.result(), *handoff.take_ready()]
+            for batch, futures in zip(batches, await publisher.publish(batches), strict=True):
+                self._in_flight.append((batch, futures))
             self._sent.set()
 
     def _reader_stop(self) -> None:
