@@ -14,6 +14,7 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from app.settings import SourceSettings
+from bench.raw_parser import count_rows
 from relay import binlog
 from relay.handoff import Batch
 from relay.position import Position
@@ -57,19 +58,7 @@ def parser_rate(start: tuple[str, int], db: str, table: str, rows: int) -> dict[
         freeze_schema=True,
         enable_logging=False,
     )
-    seen = 0
-    began = time.perf_counter()
-    try:
-        for event in stream:
-            if isinstance(event, ROW_EVENTS) and event.schema == db and event.table == table:
-                for _row in event.rows:
-                    seen += 1
-                if seen >= rows:
-                    break
-    finally:
-        elapsed = time.perf_counter() - began
-        stream.close()
-    return {"rows": seen, "seconds": elapsed, "rows_per_s": seen / elapsed}
+    return count_rows(stream, db, table, rows)
 
 
 def raw_parser_rate(start: tuple[str, int], db: str, table: str, rows: int) -> dict[str, Any]:

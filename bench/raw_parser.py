@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import orjson
 from pymysqlreplication import BinLogStreamReader, event, row_event
@@ -40,20 +41,25 @@ def main(argv: list[str]) -> int:
         enable_logging=False,
     )
     assert "relay" not in sys.modules, "relay was imported: the parser is patched"
-    wanted, seen = int(rows), 0
+    print(orjson.dumps(count_rows(stream, db, table, int(rows))).decode())
+    return 0
+
+
+def count_rows(stream: BinLogStreamReader, db: str, table: str, rows: int) -> dict[str, Any]:
+    """Decode every row of ``db.table`` until ``rows`` were seen; close the stream; the rate."""
+    seen = 0
     began = time.perf_counter()
     try:
         for item in stream:
             if isinstance(item, ROW_EVENTS) and item.schema == db and item.table == table:
                 for _row in item.rows:
                     seen += 1
-                if seen >= wanted:
+                if seen >= rows:
                     break
     finally:
         elapsed = time.perf_counter() - began
         stream.close()
-    print(orjson.dumps({"rows": seen, "seconds": elapsed, "rows_per_s": seen / elapsed}).decode())
-    return 0
+    return {"rows": seen, "seconds": elapsed, "rows_per_s": seen / elapsed}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from tests.support import (
     ROOT,
     Stack,
     WorkerFactory,
+    delete_topics_starting_with,
     mysql_url,
+    zk_delete,
 )
 
 SERVICES = {"MariaDB": 3306, "ZooKeeper": 2181, "Kafka": 9092}
@@ -49,6 +52,15 @@ def database(stack: Stack, unique: str) -> Iterator[str]:
     yield name
     with pymysql.connect(**mysql_url().connect_args(), autocommit=True) as conn:
         conn.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture
+def drop_test_resources(unique: str) -> Iterator[None]:
+    """After the test: drop its Kafka topics, the worker's local table directory, its ZK tree."""
+    yield
+    delete_topics_starting_with(f"t{unique}-", f"aesop.t{unique}")
+    shutil.rmtree(ROOT / f"t{unique}-data", ignore_errors=True)
+    zk_delete(f"/aesop-test/t{unique}")
 
 
 @pytest.fixture

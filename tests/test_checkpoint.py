@@ -7,7 +7,6 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from tests.support import (
     binlog_transactions,
     count_then_settle,
     delete_topics,
-    delete_topics_starting_with,
     identities,
     master_position,
     mysql_url,
@@ -32,7 +30,6 @@ from tests.support import (
     sql,
     wait_until,
     write_config,
-    zk_delete,
     zk_get,
 )
 
@@ -40,13 +37,7 @@ SOURCE = "shop"
 CHECKPOINT_KEYS = {"file", "pos", "gtid", "scn", "row", "ts_ms"}
 
 
-@pytest.fixture(autouse=True)
-def cleanup(unique: str) -> Iterator[None]:
-    """After the test: drop its Kafka topics and the worker's local table directory."""
-    yield
-    delete_topics_starting_with(f"t{unique}-", f"aesop.t{unique}")
-    shutil.rmtree(ROOT / f"t{unique}-data", ignore_errors=True)
-    zk_delete(f"/aesop-test/t{unique}")
+pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
 
 @dataclass

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -16,7 +14,6 @@ import pymysql
 import pytest
 
 from tests.support import (
-    ROOT,
     BinlogRows,
     BinlogTransaction,
     SourceSpec,
@@ -24,25 +21,16 @@ from tests.support import (
     WorkerFactory,
     binlog_transactions,
     count_then_settle,
-    delete_topics_starting_with,
     master_position,
     mysql_url,
     read_topic,
     sql,
     wait_until,
     write_config,
-    zk_delete,
     zk_get,
 )
 
-
-@pytest.fixture(autouse=True)
-def cleanup(unique: str) -> Iterator[None]:
-    """After the test: drop its Kafka topics and the worker's local table directory."""
-    yield
-    delete_topics_starting_with(f"t{unique}-", f"aesop.t{unique}")
-    shutil.rmtree(ROOT / f"t{unique}-data", ignore_errors=True)
-    zk_delete(f"/aesop-test/t{unique}")
+pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
 
 @dataclass
