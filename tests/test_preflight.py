@@ -678,3 +678,25 @@ def test_worker_refuses_a_bad_config_in_one_line(tmp_path: Path, command: str) -
     assert_one_error(
         run(argv, config), 2, f"aesop: {config}: ", "[aesop].web_port: must be an integer"
     )
+
+
+# --- MySQL 8 logins ----------------------------------------------------------------------
+
+
+def test_pymysql_can_answer_a_caching_sha2_password_login_without_tls() -> None:
+    """MySQL 8's default login sends the password RSA-encrypted with the server's key when
+    the connection has no TLS; PyMySQL needs the cryptography package for that."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.hashes import SHA1
+    from pymysql import _auth
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    salt = bytes(range(20))
+    sent = _auth.sha2_rsa_encrypt(b"s3cret", salt, public)
+    # What the server does with it: decrypt, then undo the XOR with the salt.
+    plain = key.decrypt(sent, padding.OAEP(padding.MGF1(SHA1()), SHA1(), None))
+    assert bytes(b ^ salt[i % len(salt)] for i, b in enumerate(plain)) == b"s3cret\0"
