@@ -25,6 +25,7 @@ app = faust.App(
     web_port=settings.web_port,
     web_bind="127.0.0.1",
     web_host="127.0.0.1",
+    broker_session_timeout=settings.session_timeout,
     producer_acks=-1,
     # Rows of one key must never be reordered by a retry.
     producer_max_batch_size=256 * 1024,

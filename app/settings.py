@@ -15,12 +15,14 @@ from app.errors import ConfigError
 
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+HANDLER_RE = re.compile(r"^(mysql|route|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 START_RE = re.compile(r"^(earliest|latest|[^:\s]+\.\d+:\d+|gtid:.+)$")
 # host[:port], comma-separated, as kazoo and aiokafka take them.
 _HOST = r"[^\s,;:/]+(:\d{1,5})?"
 ZOOKEEPER_RE = re.compile(rf"^({_HOST}(,{_HOST})*(/\S*)?)?$")
 KAFKA_RE = re.compile(rf"^([a-z]+://)?{_HOST}([,;]([a-z]+://)?{_HOST})*$")
-KIND_NAMES = {int: "an integer", str: "a string", list: "a list"}
+KIND_NAMES = {int: "an integer", str: "a string", list: "a list", bool: "true or false"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ConsumerSettings:
     topics: tuple[str, ...]
     handler: str
     mysql: MySQLURL | None
+    tombstones: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Settings:
     zk_root: str = "/aesop"
     web_port: int = 6066
     partitions: int = 8
+    session_timeout: int = 45
     sources: tuple[SourceSettings, ...] = ()
     consumers: tuple[ConsumerSettings, ...] = ()
 
@@ -106,6 +110,7 @@ AESOP_KEYS: dict[str, type] = {
     "zk_root": str,
     "web_port": int,
     "partitions": int,
+    "session_timeout": int,
 }
 SOURCE_KEYS: dict[str, tuple[type, bool]] = {
     "name": (str, True),
@@ -121,6 +126,7 @@ CONSUMER_KEYS: dict[str, tuple[type, bool]] = {
     "topics": (list, True),
     "handler": (str, True),
     "mysql": (str, False),
+    "tombstones": (bool, False),
 }
 
 
@@ -248,16 +254,22 @@ def _consumer(checker: _Checker, index: int, raw: Any) -> ConsumerSettings:
     if not table["topics"]:
         raise checker.fail(f"{where}.topics", "must name at least one topic")
     handler = table["handler"]
-    if handler not in ("mysql", "route") and ":" not in handler:
+    if not HANDLER_RE.match(handler):
         raise checker.fail(f"{where}.handler", "must be mysql, route or 'package.module:function'")
     mysql = table.get("mysql")
     if handler == "mysql" and not mysql:
         raise checker.fail(f"{where}.mysql", 'is required when handler = "mysql"')
+    if "tombstones" in table and handler != "route":
+        raise checker.fail(f"{where}.tombstones", 'applies only to handler = "route"')
+    for topic in table["topics"]:
+        if not TOPIC_RE.match(topic):
+            raise checker.fail(f"{where}.topics", f"{topic!r} is not a valid Kafka topic name")
     return ConsumerSettings(
         name=name,
         topics=tuple(table["topics"]),
         handler=handler,
         mysql=checker.mysql_url(f"{where}.mysql", mysql) if mysql else None,
+        tombstones=table.get("tombstones", False),
     )
 
 
@@ -309,6 +321,8 @@ def load(
     check("zookeeper", ZOOKEEPER_RE.match(top.get("zookeeper", "")) is not None,
           'must look like host:2181[,host:2181][/chroot], or "" to disable')  # fmt: skip
     check("partitions", 1 <= top.get("partitions", 8) <= 1024, "must be between 1 and 1024")
+    check("session_timeout", 6 <= top.get("session_timeout", 45) <= 300,
+          "must be between 6 and 300 (seconds)")  # fmt: skip
     check("web_port", 0 < top.get("web_port", 6066) < 65536, "must be a TCP port (1..65535)")
     zk_root = top.get("zk_root", "/aesop")
     check("zk_root", zk_root.startswith("/") and not zk_root.endswith("/"),

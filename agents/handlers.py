@@ -1,0 +1,133 @@
+"""What a consumer does with each change: the handler contract and the built-in handlers.
+
+A handler gets the changes of one batch in consumption order (per partition, binlog order)
+and applies them in that order. It reports a failure by raising :class:`EventFailed` with
+the index of the change that failed: the changes before it count as applied; the failed
+one is retried with backoff when the failure is transient (destination down), or sent to
+the dead-letter topic when it is not (the change itself is bad for this handler).
+
+``handler = "package.module:function"`` wraps a user function, sync or async, that takes
+the change event as a dict (``op``, ``before``, ``after``, ``changed``, ``key``, ...). It
+may raise :class:`Transient` (or ``ConnectionError``/``TimeoutError``) to ask for a retry;
+any other exception dead-letters that change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import ConfigError
+from app.settings import ConsumerSettings, Settings
+
+
+class Transient(Exception):
+    """Raised by a handler when the change could not be applied *yet*: retry it later."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, ConnectionError, TimeoutError)
+
+
+class EventFailed(Exception):
+    """``changes[index]`` failed; ``changes[:index]`` were applied."""
+
+    def __init__(self, index: int, cause: BaseException, transient: bool) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.index = index
+        self.cause = cause
+        self.transient = transient
+
+
+@dataclass(slots=True)
+class Change:
+    """One consumed change event, parsed, with where it came from."""
+
+    event: dict[str, Any]
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+class Handler:
+    """Base of every handler; ``apply`` is the one method a handler must implement."""
+
+    def __init__(self, settings: Settings, consumer: ConsumerSettings, app: Any) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.app = app
+
+    async def start(self) -> None:
+        """Connect to whatever the handler writes to; called once before the first batch."""
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Release connections; called once when the consumer stops."""
+
+
+class FunctionHandler(Handler):
+    """Calls a user function per change: async ones on the loop, sync ones in a thread."""
+
+    def __init__(self, settings: Settings, consumer: ConsumerSettings, app: Any) -> None:
+        super().__init__(settings, consumer, app)
+        self.function = load_function(consumer)
+        self.is_async = inspect.iscoroutinefunction(self.function)
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        if self.is_async:
+            for index, change in enumerate(changes):
+                try:
+                    await self.function(change.event)
+                except Exception as exc:
+                    raise EventFailed(index, exc, isinstance(exc, TRANSIENT_ERRORS)) from exc
+            return
+        # One thread hop per batch, not per change: a sync function may block.
+        failed = await asyncio.to_thread(self._call_all, changes)
+        if failed is not None:
+            index, exc = failed
+            raise EventFailed(index, exc, isinstance(exc, TRANSIENT_ERRORS)) from exc
+
+    def _call_all(self, changes: Sequence[Change]) -> tuple[int, Exception] | None:
+        function = self.function
+        for index, change in enumerate(changes):
+            try:
+                function(change.event)
+            except Exception as exc:
+                return index, exc
+        return None
+
+
+def load_function(consumer: ConsumerSettings) -> Callable[..., Any]:
+    """Import ``package.module:function``; a one-line ConfigError if that is not possible."""
+    module_name, _, attribute = consumer.handler.partition(":")
+    where = f"[[consumer]] {consumer.name!r}.handler"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{where}: cannot import {module_name!r} ({exc}); put it on PYTHONPATH"
+        ) from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ConfigError(f"{where}: {module_name!r} has no function {attribute!r}")
+    return function  # type: ignore[no-any-return]
+
+
+def build_handler(settings: Settings, consumer: ConsumerSettings, app: Any) -> Handler:
+    """The handler a ``[[consumer]]`` names."""
+    if consumer.handler == "mysql":
+        from agents.mysql import MySQLHandler
+
+        return MySQLHandler(settings, consumer, app)
+    if consumer.handler == "route":
+        from agents.route import RouteHandler
+
+        return RouteHandler(settings, consumer, app)
+    return FunctionHandler(settings, consumer, app)
