@@ -1,3 +1,3 @@
 """The relay: binlog readers that publish change events to Kafka and checkpoint what was acked."""
 
-__all__ = ["binlog", "service", "worker"]
+__all__ = ["binlog", "service", "source", "worker"]

@@ -26,9 +26,14 @@ from pymysqlreplication.event import (
     XAPrepareEvent,
     XidEvent,
 )
-from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    PartialUpdateRowsEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
 
-from app.errors import DecodeError, SourceError
+from app.errors import DecodeError, PositionLostError, SourceError
 from app.settings import SourceSettings
 from relay import values
 from relay.handoff import Batch, Change, Handoff
@@ -37,22 +42,27 @@ from relay.position import Position, scn_of
 
 log = logging.getLogger(__name__)
 
-# Row events we cannot decode: MariaDB's compressed events (log_bin_compress=ON) and MySQL's
-# partial JSON updates. Skipping them would silently drop changes, so they stop the relay.
+# Events we cannot decode: MariaDB's compressed events (log_bin_compress=ON) and MySQL 8's
+# partial JSON updates (binlog_row_value_options=PARTIAL_JSON: the after image holds a diff,
+# not the row). Skipping them would silently drop changes, so they stop the relay.
+COMPRESSED_FIX = "log_bin_compress=OFF"
+PARTIAL_JSON_FIX = "binlog_row_value_options=''"
 UNDECODABLE = {
-    165: "QUERY_COMPRESSED_EVENT",
-    166: "WRITE_ROWS_COMPRESSED_EVENT_V1",
-    167: "UPDATE_ROWS_COMPRESSED_EVENT_V1",
-    168: "DELETE_ROWS_COMPRESSED_EVENT_V1",
-    169: "WRITE_ROWS_COMPRESSED_EVENT",
-    170: "UPDATE_ROWS_COMPRESSED_EVENT",
-    171: "DELETE_ROWS_COMPRESSED_EVENT",
-    39: "PARTIAL_UPDATE_ROWS_EVENT",
+    165: ("QUERY_COMPRESSED_EVENT", COMPRESSED_FIX),
+    166: ("WRITE_ROWS_COMPRESSED_EVENT_V1", COMPRESSED_FIX),
+    167: ("UPDATE_ROWS_COMPRESSED_EVENT_V1", COMPRESSED_FIX),
+    168: ("DELETE_ROWS_COMPRESSED_EVENT_V1", COMPRESSED_FIX),
+    169: ("WRITE_ROWS_COMPRESSED_EVENT", COMPRESSED_FIX),
+    170: ("UPDATE_ROWS_COMPRESSED_EVENT", COMPRESSED_FIX),
+    171: ("DELETE_ROWS_COMPRESSED_EVENT", COMPRESSED_FIX),
+    39: ("PARTIAL_UPDATE_ROWS_EVENT", PARTIAL_JSON_FIX),
 }
 EVENTS = [
     WriteRowsEvent,
     UpdateRowsEvent,
     DeleteRowsEvent,
+    # Type 39 comes as this class, and the library drops classes not listed here.
+    PartialUpdateRowsEvent,
     QueryEvent,
     XidEvent,
     RotateEvent,
@@ -119,6 +129,7 @@ class BinlogReader:
         skip_through: tuple[int, int],
         handoff: Handoff,
         clock: Callable[[], float] = time.time,
+        on_streaming: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
         self.start = start
@@ -132,6 +143,10 @@ class BinlogReader:
         self._handed_resume = start
         self._handed_at = 0.0
         self.stopping = threading.Event()
+        # Set (and ``on_streaming`` called, from this thread) at the first heartbeat or handed
+        # batch: the server is sending the binlog, not just accepting the connection.
+        self.streaming = False
+        self._on_streaming = on_streaming
         self._stream: BinLogStreamReader | None = None
         self._wants = TableFilter.of(source)
         self._converters: dict[tuple[Any, ...], Callable[[Any], dict[str, Any]]] = {}
@@ -153,7 +168,15 @@ class BinlogReader:
         except pymysql.err.OperationalError as exc:
             if self.stopping.is_set():
                 return
-            raise SourceError(f"source {self.source.name!r}: {_mysql_reason(exc)}") from exc
+            reason = _mysql_reason(exc)
+            if exc.args and exc.args[0] == 1236:  # the server cannot send from there
+                raise PositionLostError(
+                    f"source {self.source.name!r}: the server cannot send its binlog from "
+                    f"{self.resume} ({reason}); if that binlog was purged, changes after it are "
+                    "lost to aesop: keep binlogs longer (expire_logs_days), re-sync the "
+                    "consumers, and delete the checkpoint to restart from 'start'"
+                ) from None
+            raise SourceError(f"source {self.source.name!r}: {reason}") from exc
         finally:
             self._close()
 
@@ -186,6 +209,8 @@ class BinlogReader:
         txn = _Transaction()
         batch = Batch(resume=self.start)
         current_file = self.start.file
+        # The GTID of the last transaction that ended, for a resume point taken at a Rotate.
+        ended_gtid = self.start.gtid
         while not self.stopping.is_set():
             event = stream.fetchone()
             if event is None or self.stopping.is_set():
@@ -207,6 +232,7 @@ class BinlogReader:
                 # XA COMMIT comes as a transaction of its own), the next event is a
                 # transaction boundary: a safe place to resume.
                 batch.resume = Position(current_file, event.packet.log_pos, txn.gtid)
+                ended_gtid = txn.gtid
                 txn.begin(None, open_=False)
                 batch = self._flush(batch)
             elif kind is MariadbGtidEvent:
@@ -217,17 +243,33 @@ class BinlogReader:
             elif kind is RotateEvent:
                 current_file = event.next_binlog
                 if not txn.open:
-                    batch.resume = Position(current_file, event.position, None)
+                    batch.resume = Position(current_file, event.position, ended_gtid)
             elif kind is HeartbeatLogEvent:
+                self._mark_streaming()
                 if batch.changes:
                     batch = self._flush(batch)
-            elif kind is NotImplementedEvent and event.event_type in UNDECODABLE:
-                raise DecodeError(
-                    f"source {self.source.name!r}: {UNDECODABLE[event.event_type]} at "
-                    f"{current_file}:{event.packet.log_pos - event.packet.event_size} "
-                    "cannot be decoded; set log_bin_compress=OFF (and "
-                    "binlog_row_value_options='') on the server"
-                )
+            elif kind is PartialUpdateRowsEvent or (
+                kind is NotImplementedEvent and event.event_type in UNDECODABLE
+            ):
+                raise self._undecodable(event.event_type, current_file, event.packet)
+
+    def _undecodable(self, event_type: int, file: str, packet: Any) -> DecodeError:
+        """The one-line error for an event we cannot decode: how to fix and move past it."""
+        name, fix = UNDECODABLE[event_type]
+        pos = packet.log_pos - packet.event_size
+        return DecodeError(
+            f"source {self.source.name!r}: {name} at {file}:{pos} cannot be decoded; set {fix} "
+            "on the server, then restart this source past the undecodable events (their "
+            "changes are lost to aesop: re-sync what needs them): delete its checkpoint and set "
+            f'start = "{file}:<pos>" at a transaction start after them (SHOW BINLOG EVENTS IN '
+            f"'{file}' FROM {pos}), or start = \"latest\""
+        )
+
+    def _mark_streaming(self) -> None:
+        if not self.streaming:
+            self.streaming = True
+            if self._on_streaming is not None:
+                self._on_streaming()
 
     def _flush(self, batch: Batch) -> Batch:
         """Hand a batch to the loop; a batch that only moves the position goes once a second."""
@@ -241,6 +283,7 @@ class BinlogReader:
             return batch
         self.handoff.put(batch, self.stopping)
         self._handed_resume, self._handed_at = batch.resume, now
+        self._mark_streaming()
         return Batch(resume=batch.resume)
 
     def _release(self, txn: _Transaction, batch: Batch, last: bool) -> None:
@@ -297,39 +340,60 @@ class BinlogReader:
             "gtid": txn.gtid,
             "ts_ms": event.timestamp * 1000,
         }
-        skip_scn, skip_row = self.skip_through
+        skip_through = self.skip_through
         now_ms = int(self.clock() * 1000)
-        for row_index, row in enumerate(event.rows):
-            seq = txn.seq
-            txn.seq += 1
-            if scn < skip_scn or (scn == skip_scn and row_index <= skip_row):
-                continue
-            if op == "u":
-                before = convert(row["before_values"])
-                after = convert(row["after_values"])
-                changed = [name for name, value in after.items() if before.get(name) != value]
-                image = after
-            else:
-                before = convert(row["values"]) if op == "d" else None
-                after = None if op == "d" else convert(row["values"])
-                changed = []
-                image = before if op == "d" else after
-            assert image is not None
-            key_values = {name: image[name] for name in pk_columns} if pk_columns else None
-            change = {
-                "op": op,
-                "source": source,
-                "scn": scn,
-                "row": row_index,
-                "txn": {"seq": seq, "last": False},
-                "key": key_values,
-                "before": before,
-                "after": after,
-                "changed": changed,
-                "ts_ms": now_ms,
-            }
-            self._release(txn, batch, last=False)
-            txn.held = (change, _dumps({"db": db, "table": table, "pk": key_values}))
+        # ``row`` numbers the events built from this rows event, which is more than its rows
+        # when an update changes a primary key; the same bytes always number the same way.
+        number = 0
+        for row in event.rows:
+            for op_, before, after, changed in _row_changes(op, row, convert, pk_columns):
+                row_number = number
+                number += 1
+                seq = txn.seq
+                txn.seq += 1
+                if (scn, row_number) <= skip_through:
+                    continue
+                image = before if after is None else after
+                key_values = {name: image[name] for name in pk_columns} if pk_columns else None
+                change = {
+                    "op": op_,
+                    "source": source,
+                    "scn": scn,
+                    "row": row_number,
+                    "txn": {"seq": seq, "last": False},
+                    "key": key_values,
+                    "before": before,
+                    "after": after,
+                    "changed": changed,
+                    "ts_ms": now_ms,
+                }
+                self._release(txn, batch, last=False)
+                txn.held = (change, _dumps({"db": db, "table": table, "pk": key_values}))
+
+
+Image = dict[str, Any]
+
+
+def _row_changes(
+    op: str, row: dict[str, Any], convert: Callable[[Any], Image], pk_columns: tuple[str, ...]
+) -> list[tuple[str, Image | None, Image | None, list[str]]]:
+    """The (op, before, after, changed) events of one row of a rows event.
+
+    An update that changes the primary key is, as in Debezium, a delete under the old key
+    and a create under the new one: otherwise the old key's partition (and a compacted
+    topic) would never learn that the row left.
+    """
+    if op == "c":
+        return [("c", None, convert(row["values"]), [])]
+    if op == "d":
+        return [("d", convert(row["values"]), None, [])]
+    before = convert(row["before_values"])
+    after = convert(row["after_values"])
+    if any(before[name] != after[name] for name in pk_columns):
+        return [("d", before, None, []), ("c", None, after, [])]
+    return [
+        ("u", before, after, [name for name, value in after.items() if before.get(name) != value])
+    ]
 
 
 def _dumps(value: Any) -> bytes:

@@ -54,7 +54,7 @@ def describe(exc: pymysql.err.MySQLError, source: SourceSettings) -> str:
     return f"MySQL error {code}: {message}"
 
 
-def _variables(conn: pymysql.connections.Connection) -> dict[str, str]:
+def binlog_variables(conn: pymysql.connections.Connection) -> dict[str, str]:
     with conn.cursor() as cur:
         cur.execute(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
@@ -101,7 +101,16 @@ def current_position(conn: pymysql.connections.Connection) -> Position:
 
 def check_server(source: SourceSettings, conn: pymysql.connections.Connection) -> None:
     """Binlog settings and privileges; raises SourceError naming what to fix."""
-    found = _variables(conn)
+    check_variables(source, binlog_variables(conn))
+    check_grants(source, conn)
+
+
+def check_variables(source: SourceSettings, found: dict[str, str]) -> None:
+    """The binlog settings, as SHOW GLOBAL VARIABLES lists them (names in lower case).
+
+    A variable the server does not have (MariaDB has no binlog_row_value_options, MySQL no
+    log_bin_compress) cannot be set wrong, so it passes.
+    """
     prefix = f"source {source.name!r}: "
     if found.get("log_bin", "OFF").upper() != "ON":
         raise SourceError(
@@ -127,11 +136,18 @@ def check_server(source: SourceSettings, conn: pymysql.connections.Connection) -
             prefix + "log_bin_compress is ON; compressed row events cannot be decoded: "
             "set log_bin_compress=OFF"
         )
-    if found.get("binlog_row_value_options", ""):
+    value_options = found.get("binlog_row_value_options", "")
+    if "PARTIAL_JSON" in value_options.upper():
         raise SourceError(
-            f"{prefix}binlog_row_value_options is {found['binlog_row_value_options']}; "
-            "set it to '' (partial JSON updates lose the full row)"
+            f"{prefix}binlog_row_value_options is {value_options}; partial JSON updates log a "
+            "diff instead of the new row and cannot be decoded: set binlog_row_value_options='' "
+            "(SET PERSIST binlog_row_value_options='')"
         )
+
+
+def check_grants(source: SourceSettings, conn: pymysql.connections.Connection) -> None:
+    """REPLICATION SLAVE and REPLICATION CLIENT, directly or through the default role."""
+    prefix = f"source {source.name!r}: "
     grants = _global_grants(conn)
     if "ALL PRIVILEGES" in grants:
         return

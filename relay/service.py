@@ -1,4 +1,4 @@
-"""The relay: per source, binlog reader thread -> Kafka -> checkpoint, supervised and restartable.
+"""The relay of a worker: one SourceRelay per source whose checkpoint partition it holds.
 
 A source's relay runs on the worker that holds its checkpoint partition as active, so a
 group of workers runs each source exactly once and hands it over on rebalance.
@@ -7,273 +7,16 @@ group of workers runs each source exactly once and hands it over on rebalance.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
-from collections import deque
-from collections.abc import Awaitable
 from typing import Any
 
-from aiokafka.errors import KafkaError
 from mode import Service
 
-from app.errors import AesopError, DecodeError, PositionLostError, SourceError
-from app.retry import RECONNECT
 from app.settings import SourceSettings
-from relay import server
-from relay.binlog import BinlogReader
-from relay.handoff import Batch, Handoff
-from relay.position import Checkpoint
-from relay.publish import Publisher
+from relay.source import SourceRelay
 from tables.checkpoints import CheckpointStore, partition_of, source_to_checkpoint
-from tables.zookeeper import ZooKeeperUnavailable
 
 log = logging.getLogger(__name__)
-
-IN_FLIGHT_BATCHES = 64
-CHECKPOINT_EVERY_S = 1.0
-DRAIN_TIMEOUT_S = 60.0
-ZK_CONNECT_TIMEOUT_S = 10.0
-
-
-class SourceRelay:
-    """One source's relay. ``acked`` only ever holds what Kafka acknowledged."""
-
-    def __init__(self, app: Any, source: SourceSettings, store: CheckpointStore) -> None:
-        self.app = app
-        self.source = source
-        self.store = store
-        self.acked: Checkpoint | None = None
-        self.saved: Checkpoint | None = None
-        self.reading = False
-        self.reconnects = 0
-        self.last_error: str | None = None
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._reader: BinlogReader | None = None
-        self._in_flight: deque[tuple[Batch, list[Awaitable[Any]]]] = deque()
-        self._sent = asyncio.Event()
-
-    @property
-    def name(self) -> str:
-        return self.source.name
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def stop(self) -> None:
-        """Stop reading, wait for Kafka to acknowledge what was sent, save the checkpoint."""
-        self._stopping.set()
-        if self._reader is not None:
-            self._reader.stop()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), DRAIN_TIMEOUT_S)
-            except TimeoutError:
-                log.error("relay %s: Kafka did not acknowledge in time; stopping anyway", self.name)
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-
-    async def _run(self) -> None:
-        try:
-            checkpoint = await self._initial_checkpoint()
-        except AesopError as exc:
-            self.last_error = str(exc)
-            log.error("relay %s: %s", self.name, exc)
-            return
-        if checkpoint is None:
-            return
-        self.acked = self.saved = checkpoint
-        await self.app.topic(self.source.topic).maybe_declare()
-        log.info(
-            "relay %s: reading %s from %s (after scn %d row %d)",
-            self.name, self.source.mysql, checkpoint.position, checkpoint.scn, checkpoint.row,
-        )  # fmt: skip
-        delays = RECONNECT.delays()
-        while not self._stopping.is_set():
-            try:
-                await self._session(checkpoint)
-                return
-            except KafkaError as exc:
-                # Some events may be unacknowledged: start over from what Kafka has.
-                self.last_error = f"Kafka did not acknowledge: {exc!r}"
-                delay = next(delays)
-                log.warning("relay %s: %s; restarting from the checkpoint in %.1fs",
-                            self.name, self.last_error, delay)  # fmt: skip
-                self._in_flight.clear()
-                assert self.acked is not None
-                checkpoint = self.acked
-                if await self._sleep_or_stop(delay):
-                    return
-
-    async def _session(self, checkpoint: Checkpoint) -> None:
-        handoff = Handoff(asyncio.get_running_loop(), IN_FLIGHT_BATCHES)
-        acker = asyncio.ensure_future(self._ack(handoff))
-        saver = asyncio.ensure_future(self._save_periodically())
-        try:
-            await self._read_and_send(checkpoint, handoff, acker)
-            await self._drain(acker)
-        finally:
-            self._reader_stop()
-            saver.cancel()
-            acker.cancel()
-            with contextlib.suppress(asyncio.CancelledError, KafkaError):
-                await asyncio.gather(saver, acker)
-            self.reading = False
-            await self._save()
-
-    async def _initial_checkpoint(self) -> Checkpoint | None:
-        """Table, else ZooKeeper mirror, else ``start``; then preflight against the server."""
-        checkpoint = self.store.stored(self.name)
-        origin = "table"
-        if checkpoint is None and self.store.zk.enabled:
-            origin = "zookeeper"
-            checkpoint = await self._mirrored()
-        if checkpoint is None:
-            origin = f"start = {self.source.start}"
-        for delay in RECONNECT.delays():
-            try:
-                chosen = await asyncio.to_thread(server.preflight, self.source, checkpoint)
-                log.info("relay %s: checkpoint from %s", self.name, origin)
-                return chosen
-            except PositionLostError:
-                raise
-            except SourceError as exc:
-                self.last_error = str(exc)
-                log.warning("relay %s: %s; retrying in %.1fs", self.name, exc, delay)
-            if await self._sleep_or_stop(delay):
-                return None
-        return None
-
-    async def _mirrored(self) -> Checkpoint | None:
-        """The ZooKeeper copy; waits for ZooKeeper rather than guess a start position."""
-        for delay in RECONNECT.delays():
-            try:
-                if not await self.store.zk.wait_connected(ZK_CONNECT_TIMEOUT_S):
-                    raise ZooKeeperUnavailable("not connected")
-                return await self.store.mirrored(self.name)
-            except Exception as exc:  # kazoo raises many kinds while down
-                log.warning(
-                    "relay %s: the table has no checkpoint and ZooKeeper %s cannot be read "
-                    "(%s); waiting for it rather than restarting from 'start'; retrying in %.1fs",
-                    self.name, self.store.zk.hosts, exc, delay,
-                )  # fmt: skip
-            if await self._sleep_or_stop(delay):
-                return None
-        return None
-
-    async def _sleep_or_stop(self, delay: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), delay)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _read_and_send(
-        self, checkpoint: Checkpoint, handoff: Handoff, acker: asyncio.Future[None]
-    ) -> None:
-        """Run reader threads until stopped, reconnecting with backoff after failures."""
-        resume, published = checkpoint.position, checkpoint.last
-        delays = RECONNECT.delays()
-        while not self._stopping.is_set():
-            reader = self._reader = BinlogReader(self.source, resume, published, handoff)
-            done = self._start_thread(reader)
-            self.reading = True
-            failure = await self._pump(handoff, done, acker)
-            self.reading = False
-            progressed = (reader.resume, reader.published_through) != (resume, published)
-            resume, published = reader.resume, reader.published_through
-            if failure is None or self._stopping.is_set():
-                return
-            if progressed:  # a new outage: back off from the initial delay again
-                delays = RECONNECT.delays()
-            if isinstance(failure, DecodeError | PositionLostError):
-                delay = RECONNECT.maximum
-            else:
-                delay = next(delays)
-            self.reconnects += 1
-            self.last_error = str(failure)
-            log.warning("relay %s: %s; reconnecting in %.1fs", self.name, failure, delay)
-            if await self._sleep_or_stop(delay):
-                return
-
-    def _start_thread(self, reader: BinlogReader) -> asyncio.Future[BaseException | None]:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[BaseException | None] = loop.create_future()
-
-        def body() -> None:
-            outcome: BaseException | None = None
-            try:
-                reader.run()
-            except BaseException as exc:
-                outcome = exc
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(outcome))
-
-        threading.Thread(target=body, name=f"binlog-{self.name}", daemon=True).start()
-        return done
-
-    async def _pump(
-        self,
-        handoff: Handoff,
-        done: asyncio.Future[BaseException | None],
-        acker: asyncio.Future[None],
-    ) -> BaseException | None:
-        """Send batches as they come until the reader thread ends; return its failure."""
-        publisher = Publisher(self.app.producer, self.source.topic)
-        while True:
-            getter = asyncio.ensure_future(handoff.get())
-            await asyncio.wait({getter, done, acker}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                if acker.done():
-                    self._reader_stop()
-                    await done
-                    acker.result()  # raises the publish failure
-                failure = done.result()
-                return failure
-            # Whatever queued up meanwhile goes along: fuller record batches per partition.
-            batches = [getter.result(), *handoff.take_ready()]
-            for batch, futures in zip(batches, await publisher.publish(batches), strict=True):
-                self._in_flight.append((batch, futures))
-            self._sent.set()
-
-    def _reader_stop(self) -> None:
-        if self._reader is not None:
-            self._reader.stop()
-
-    async def _ack(self, handoff: Handoff) -> None:
-        """Advance ``acked`` batch by batch, in binlog order, as Kafka acknowledges."""
-        while True:
-            while not self._in_flight:
-                self._sent.clear()
-                await self._sent.wait()
-            batch, futures = self._in_flight[0]
-            for future in futures:
-                await future
-            self._in_flight.popleft()
-            handoff.done()
-            assert batch.resume is not None and self.acked is not None
-            last = batch.last if batch.last is not None else self.acked.last
-            self.acked = Checkpoint.at(batch.resume, last)
-
-    async def _drain(self, acker: asyncio.Future[None]) -> None:
-        while self._in_flight and not acker.done():
-            await asyncio.sleep(0.01)
-        if acker.done():
-            acker.result()
-
-    async def _save_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_EVERY_S)
-            await self._save()
-
-    async def _save(self) -> None:
-        checkpoint = self.acked
-        if checkpoint is None or checkpoint == self.saved:
-            return
-        await self.store.save(self.name, checkpoint)
-        self.saved = checkpoint
 
 
 class RelayManager(Service):
@@ -293,6 +36,10 @@ class RelayManager(Service):
             tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic
         }
         return [s for s in self.sources if partition_of(s.name) in partitions]
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per source this worker runs, its relay's state (see ``relay.source``)."""
+        return {name: relay.status() for name, relay in sorted(self.relays.items())}
 
     async def on_recovered(self) -> None:
         """After table recovery: run what we own, stop what we no longer own."""

@@ -6,6 +6,8 @@ shared stack, so no other test sees a STATEMENT binlog or a compressed event.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import random
 import re
@@ -524,6 +526,50 @@ def test_worker_stops_at_a_purged_checkpoint_with_the_checks_error(
     assert worker.stop() == 0
 
 
+async def test_a_purged_checkpoint_leaves_the_relay_failed_and_repeats_its_error(
+    binlog_server: PrivateServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay's state says why it stopped, and the error line comes back at an interval."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from app.settings import MySQLURL, SourceSettings
+    from relay import source as relay_source
+    from relay.position import Checkpoint
+
+    purged, _ = purged_binlog(binlog_server)
+    checkpoint = Checkpoint.from_json(orjson.loads(checkpoint_document(purged)))
+    store = SimpleNamespace(stored=lambda name: checkpoint, zk=SimpleNamespace(enabled=False))
+    url = MySQLURL("127.0.0.1", binlog_server.port, "root", "")
+    settings = SourceSettings("shop", url, 5401, (), (), "earliest", "aesop.shop")
+    monkeypatch.setattr(relay_source, "FAILED_RETRY_S", 0.5)
+    caplog.set_level(logging.INFO, logger=relay_source.log.name)
+    relay = relay_source.SourceRelay(None, settings, store)  # type: ignore[arg-type]
+    assert relay.status()["state"] == "starting"
+    relay.start()
+
+    def errors() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.levelno == logging.ERROR]
+
+    deadline = time.monotonic() + 30
+    while len(errors()) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    status = relay.status()
+    await relay.stop()
+
+    lines = [r.getMessage() for r in errors()]
+    assert len(lines) >= 3, lines
+    assert len(set(lines)) == 1, "the same line each time"
+    assert lines[0].startswith(f"relay shop: source 'shop': binlog {purged} (the checkpoint) is no")
+    gaps = [b.created - a.created for a, b in itertools.pairwise(errors())]
+    assert all(0.45 <= gap < 5 for gap in gaps), gaps
+    assert status["state"] == "failed", status
+    assert status["reason"] == lines[0].removeprefix("relay shop: ")
+    assert status["checkpoint"] is None, "it never started reading"
+    assert relay.status()["state"] == "stopped"
+    assert not any("reading" in r.getMessage() for r in caplog.records)
+
+
 def test_worker_logs_each_failed_preflight_in_one_line_and_recovers(
     binlog_server: PrivateServer, workers: WorkerFactory, tmp_path: Path, unique: str
 ) -> None:
@@ -605,12 +651,16 @@ def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
     worker.wait_for_log("COMPRESSED_EVENT", timeout=60)
     time.sleep(3)  # what would have been published or checkpointed past it, would be by now
     errors = lines_with(worker.log(), "COMPRESSED_EVENT")
-    assert len(errors) == 1, errors  # the next attempt comes after RECONNECT.maximum (30 s)
+    assert len(errors) == 1, errors  # the next attempt comes after FAILED_RETRY_S (60 s)
     assert re.search(
         rf"relay shop: source 'shop': WRITE_ROWS_COMPRESSED_EVENT(_V1)? at {re.escape(at)} "
-        r"cannot be decoded; set log_bin_compress=OFF",
+        r"cannot be decoded; set log_bin_compress=OFF on the server, then restart this source "
+        r"past the undecodable events .*: delete its checkpoint and set "
+        rf'start = "{re.escape(boundary[0])}:<pos>" .*'
+        rf"\(SHOW BINLOG EVENTS IN '{re.escape(boundary[0])}' FROM {compressed[0][1]}\)",
         errors[0],
     ), errors[0]
+    assert "[ERROR]" in errors[0]
     assert "Traceback" not in worker.log()
 
     messages = read_topic(topic, count_at_least(2), timeout=5)
@@ -700,3 +750,34 @@ def test_pymysql_can_answer_a_caching_sha2_password_login_without_tls() -> None:
     # What the server does with it: decrypt, then undo the XOR with the salt.
     plain = key.decrypt(sent, padding.OAEP(padding.MGF1(SHA1()), SHA1(), None))
     assert bytes(b ^ salt[i % len(salt)] for i, b in enumerate(plain)) == b"s3cret\0"
+
+
+# --- MySQL 8 partial JSON updates ---------------------------------------------------------
+
+
+def test_check_refuses_partial_json_updates_and_passes_where_the_variable_is_absent(
+    binlog_server: PrivateServer,
+) -> None:
+    """MariaDB has no binlog_row_value_options; MySQL 8 lists it ('' or PARTIAL_JSON).
+
+    Its value is judged with the rest of a real server's variables as SHOW GLOBAL
+    VARIABLES lists them, once as MariaDB answers and once with MySQL 8's variable added.
+    """
+    from app.errors import SourceError
+    from app.settings import MySQLURL, SourceSettings
+    from relay import server
+
+    url = MySQLURL("127.0.0.1", binlog_server.port, "root", "")
+    source = SourceSettings("shop", url, 5401, (), (), "earliest", "aesop.shop")
+    with pymysql.connect(**url.connect_args()) as conn:
+        found = server.binlog_variables(conn)
+    assert found["log_bin"] == "ON" and "binlog_row_value_options" not in found, found
+    server.check_variables(source, found)
+    server.check_variables(source, {**found, "binlog_row_value_options": ""})
+    with pytest.raises(SourceError) as raised:
+        server.check_variables(source, {**found, "binlog_row_value_options": "PARTIAL_JSON"})
+    assert str(raised.value) == (
+        "source 'shop': binlog_row_value_options is PARTIAL_JSON; partial JSON updates log a "
+        "diff instead of the new row and cannot be decoded: set binlog_row_value_options='' "
+        "(SET PERSIST binlog_row_value_options='')"
+    )
