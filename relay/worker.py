@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from app.main import app, settings
+from relay import logfilter
 from relay.service import RelayManager
 from tables.checkpoints import mirror, source_to_checkpoint
+
+# While Kafka is unreachable aiokafka repeats its connection errors ~130 times a second.
+logfilter.install()
 
 relays = RelayManager(app, settings.sources, loop=app.loop, beacon=app.beacon)
 relays.add_dependency(mirror)
