@@ -153,6 +153,23 @@ def assert_exactly_once(messages: list[dict[str, Any]], written: int) -> None:
     assert numbers == list(range(1, written + 1))
 
 
+def stop_inside_one_insert(relay: Relay, database: str, low: int, rows: int) -> dict[str, Any]:
+    """Insert ``rows`` numbers after ``low`` in one statement; stop the worker as soon as
+    the first of them is in Kafka (the statement still being read); the checkpoint then."""
+
+    def insert() -> None:
+        sql(
+            f"INSERT INTO numbers SELECT seq + {low}, 'big' FROM seq_1_to_{rows}",
+            database=database,
+        )
+
+    act_then_wait_for_messages(relay.topic, insert, at_least=1)
+    relay.stop()
+    checkpoint = zk_get(relay.zk_path)
+    assert checkpoint is not None
+    return checkpoint
+
+
 def test_checkpoint_in_zookeeper_matches_last_published_event(workers, tmp_path, unique, database):
     create_numbers(database)
     relay = make_relay(workers, tmp_path, unique, database)
@@ -215,18 +232,7 @@ def test_clean_stop_inside_a_large_transaction(workers, tmp_path, unique, databa
     inside = 0
     for attempt in range(3):
         relay.run()
-        low = attempt * big
-
-        def insert(low: int = low) -> None:
-            sql(
-                f"INSERT INTO numbers SELECT seq + {low}, 'big' FROM seq_1_to_{big}",
-                database=database,
-            )
-
-        act_then_wait_for_messages(relay.topic, insert, at_least=1)
-        relay.stop()
-        checkpoint = zk_get(relay.zk_path)
-        assert checkpoint is not None
+        checkpoint = stop_inside_one_insert(relay, database, attempt * big, big)
         txn = binlog_transactions(relay.start, database)[-1]
         first = txn.rows[0]
         # Stopped mid-transaction: resume at its start, with some of its rows published.
@@ -307,3 +313,26 @@ def test_wiped_table_resumes_from_zookeeper(workers, tmp_path, unique, database)
         timeout=15,
         what="a new checkpoint in the re-created changelog",
     )
+
+
+def test_a_checkpoint_resuming_at_a_rotate_keeps_the_last_gtid(workers, tmp_path, unique, database):
+    """Stopped inside the first transaction of a new binlog, the checkpoint resumes at the
+    Rotate into it, and carries the GTID of the transaction before it, not null."""
+    create_numbers(database)
+    relay = make_relay(workers, tmp_path, unique, database)
+    big = 50_000
+    for attempt in range(3):
+        relay.run()
+        sql(f"INSERT INTO numbers VALUES ({attempt * big + 1}, 'pre')", database=database)
+        ((before_rotate,),) = sql("SELECT @@gtid_binlog_pos")
+        sql("FLUSH BINARY LOGS")
+        new_file = master_position().rpartition(":")[0]
+
+        checkpoint = stop_inside_one_insert(relay, database, attempt * big + 1, big - 1)
+        if (checkpoint["file"], checkpoint["pos"]) == (new_file, 4):
+            break
+    assert (checkpoint["file"], checkpoint["pos"]) == (new_file, 4), (
+        "never stopped inside the transaction after the rotate; make it larger"
+    )
+    assert "," not in before_rotate, "one replication domain on the test server"
+    assert checkpoint["gtid"] == before_rotate

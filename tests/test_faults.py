@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 import time
@@ -249,6 +250,24 @@ def test_mariadb_restart_under_load_loses_nothing(
     assert worker.proc.poll() is None
 
 
+def test_idle_source_backs_off_afresh_in_each_mariadb_outage(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    """No row moves: once the server streams again, the next outage starts at 0.5 s again."""
+    worker, _, _ = start_worker(workers, tmp_path, unique, database)
+    outages: list[list[float]] = []
+    for _ in range(2):
+        before = len(worker.log())
+        with stopped(stack, "mariadb"):
+            time.sleep(DOWN_S)
+        worker.wait_for_log("relay src: reading again", timeout=90, after=before)
+        outages.append(reconnect_delays(worker.log()[before:]))
+    for delays in outages:
+        assert len(delays) >= 2, f"expected reconnect attempts while MariaDB was down: {delays}"
+        assert_backoff(delays)
+    assert "Traceback" not in worker.log()
+
+
 @pytest.mark.timeout(240)
 def test_kafka_outage_holds_checkpoint_and_memory(
     stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
@@ -265,12 +284,14 @@ def test_kafka_outage_holds_checkpoint_and_memory(
             held = kafka_end_offsets(topic)
             at_stop = checkpoint_identity(zk_get(path))
             rows_at_stop = len(load.committed)
+            log_at_stop = len(worker.log())
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 assert worker.proc.poll() is None, "the worker died while Kafka was down"
                 peak = max(peak, rss_kb(worker.proc.pid))
                 time.sleep(0.5)
             before_start = checkpoint_identity(zk_get(path))
+            outage_lines = worker.log()[log_at_stop:].splitlines()
             rows_in_outage = len(load.committed) - rows_at_stop
         load.wait_for(2 * RATE, timeout=60)
         committed = load.stop()
@@ -289,9 +310,41 @@ def test_kafka_outage_holds_checkpoint_and_memory(
         not_held = sorted(e for e in events if e <= checkpoint and e not in in_kafka)
         assert not not_held, f"checkpoint {checkpoint} is past events Kafka lacked: {not_held[:5]}"
     assert before_start == at_stop, "the checkpoint moved while Kafka was down"
+    # Unfiltered, aiokafka repeats its connection errors about 130 times a second.
+    logged = [line for line in outage_lines if line.strip()]
+    assert len(logged) < 120, f"{len(logged)} log lines in 30 s of outage:\n" + "\n".join(
+        logged[:40]
+    )
+    assert any("more like this in the last" in line for line in logged), "no count of those held"
     assert (peak - baseline) < 200 * 1024, f"RSS grew {(peak - baseline) // 1024} MB in the outage"
     assert worker.proc.poll() is None, "the worker did not survive the outage"
     assert "Traceback" not in worker.log()
+
+
+def test_repeated_log_lines_pass_once_per_interval_with_the_count_held_back() -> None:
+    from relay.logfilter import RepeatFilter
+
+    now = [0.0]
+    quiet = RepeatFilter(interval=10.0, clock=lambda: now[0])
+
+    def passed(template: str, *args: object, level: int = logging.ERROR) -> str | None:
+        record = logging.LogRecord("aiokafka.conn", level, __file__, 1, template, args, None)
+        return record.getMessage() if quiet.filter(record) else None
+
+    unreachable = "Unable connect to node with id %s: %s"
+    shown = [passed(unreachable, n % 2, "refused") for n in range(130)]
+    assert shown[0] == "Unable connect to node with id 0: refused"
+    assert shown[1:] == [None] * 129
+    assert passed("Unable to update metadata from %s", [0]) is not None, "another kind passes"
+    assert passed("connected to %s", 1, level=logging.INFO) is not None, "INFO is not limited"
+    now[0] = 9.9
+    assert passed(unreachable, 1, "refused") is None
+    now[0] = 10.0
+    assert passed(unreachable, 1, "refused") == (
+        "Unable connect to node with id 1: refused [130 more like this in the last 10s not shown]"
+    )
+    now[0] = 25.0
+    assert passed(unreachable, 0, "reset") == "Unable connect to node with id 0: reset"
 
 
 def test_zookeeper_outage_keeps_relaying_and_mirror_catches_up(

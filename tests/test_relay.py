@@ -511,3 +511,46 @@ def test_xa_transaction_is_published_at_prepare(workers, tmp_path, unique, datab
     ]
     xa, single = binlog_transactions(relay.start, database)
     assert [v["source"]["gtid"] for v in values] == [xa.gtid] * 3 + [single.gtid]
+
+
+def test_update_of_the_primary_key_is_a_delete_then_a_create(workers, tmp_path, unique, database):
+    # As Debezium: the old key's partition learns that the row left, the new key's that it came.
+    sql(
+        f"CREATE TABLE {database}.t (id INT PRIMARY KEY, v VARCHAR(5))",
+        f"INSERT INTO {database}.t VALUES (1, 'a'), (2, 'b')",
+    )
+    relay = start_relay(workers, tmp_path, unique, database)
+    in_one_transaction(
+        database,
+        "UPDATE t SET id = id + 10",  # one rows event, two rows, both keys change
+        "UPDATE t SET v = 'c' WHERE id = 12",
+    )
+    messages = relay.read(5)
+    (txn,) = binlog_transactions(relay.start, database)
+    moved, plain = txn.rows
+    values = [m["value"] for m in messages]
+    assert [(v["op"], v["scn"], v["row"], v["txn"]) for v in values] == [
+        ("d", moved.scn, 0, {"seq": 0, "last": False}),
+        ("c", moved.scn, 1, {"seq": 1, "last": False}),
+        ("d", moved.scn, 2, {"seq": 2, "last": False}),
+        ("c", moved.scn, 3, {"seq": 3, "last": False}),
+        ("u", plain.scn, 0, {"seq": 4, "last": True}),
+    ]
+    assert [(v["key"], v["before"], v["after"], v["changed"]) for v in values] == [
+        ({"id": 1}, {"id": 1, "v": "a"}, None, []),
+        ({"id": 11}, None, {"id": 11, "v": "a"}, []),
+        ({"id": 2}, {"id": 2, "v": "b"}, None, []),
+        ({"id": 12}, None, {"id": 12, "v": "b"}, []),
+        ({"id": 12}, {"id": 12, "v": "b"}, {"id": 12, "v": "c"}, ["v"]),
+    ]
+    keys = [m["key"]["pk"]["id"] for m in messages]
+    assert keys == [1, 11, 2, 12, 12]
+    # The delete goes where every earlier change of id 1 went: the old key's partition.
+    partitions = {m["key"]["pk"]["id"]: m["partition"] for m in messages}
+    sql("UPDATE t SET v = 'z' WHERE id = 11", "INSERT INTO t VALUES (1, 'new')", database=database)
+    later = relay.read(7)[5:]
+    assert [(m["key"]["pk"]["id"], m["value"]["op"]) for m in later] == [(11, "u"), (1, "c")]
+    assert {m["key"]["pk"]["id"]: m["partition"] for m in later} == {
+        11: partitions[11],
+        1: partitions[1],
+    }
