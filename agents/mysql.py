@@ -1,0 +1,377 @@
+"""``handler = "mysql"``: apply change events to a MySQL/MariaDB database, idempotently.
+
+Each change lands in the table of the same name, in the database of the consumer's ``mysql``
+URL (``mysql://user:pass@host:3306/replica``), or, when the URL names no database, in the
+database of the same name as the source's. The destination tables must exist, with the
+source's columns (more columns are fine: they keep their defaults).
+
+- ``c``, ``u``, ``r``: an upsert by primary key (``INSERT ... ON DUPLICATE KEY UPDATE`` of
+  every column); an update that changes the primary key deletes the old key first.
+- ``d``: a delete by primary key.
+- A table without a primary key (event ``key`` null): an update or delete removes one row
+  equal to ``before`` in every column (``LIMIT 1``), an insert or update inserts ``after``.
+  Re-applying such a change after a crash between applying and recording it can leave a
+  duplicate row: only a primary key makes a replay idempotent.
+
+Values come back from their JSON forms losslessly, by the destination column's type (read
+once per table from information_schema): base64 for binary strings, SET lists, JSON
+documents (written compact), GEOMETRY from WKT; temporal strings as they are, in a session
+with ``time_zone = '+00:00'`` (TIMESTAMP values are UTC) and a strict ``sql_mode`` that takes
+zero dates (a value the destination cannot hold is refused, not truncated). Foreign key
+checks are off in the session: changes of different tables travel in different partitions
+and may arrive in another order than they were committed.
+
+A batch is one transaction. When the destination refuses a change, the batch is rolled
+back and re-applied change by change (a savepoint each) to find it: the changes before it
+are committed, and it is dead-lettered. A lost or refused connection, a deadlock or a lock
+wait timeout is transient: nothing of the batch is committed past the reported index, the
+connection is dropped and the consumer retries. PyMySQL blocks, so every statement runs on
+one thread of the handler's own, holding its one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pymysql
+
+from agents.handlers import Change, EventFailed, Handler
+from app.errors import AesopError
+from app.settings import MySQLURL
+
+log = logging.getLogger(__name__)
+
+# Strict, so a value the destination cannot hold is an error rather than a silent truncation;
+# without NO_ZERO_DATE / NO_ZERO_IN_DATE, so zero dates go through as the source had them.
+SQL_MODE = "STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION,ALLOW_INVALID_DATES"
+SESSION = (
+    "SET SESSION time_zone = '+00:00'",
+    f"SET SESSION sql_mode = '{SQL_MODE}'",
+    "SET SESSION foreign_key_checks = 0",
+)
+# Server and client error codes that say "not now" rather than "not this change".
+TRANSIENT_CODES = frozenset(
+    {
+        1040,  # too many connections
+        1053,  # server shutdown in progress
+        1205,  # lock wait timeout
+        1213,  # deadlock
+        1927,  # connection killed (MariaDB)
+        2003,  # cannot connect
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        2055,  # lost connection (OS error)
+        4031,  # disconnected by the server for inactivity (MySQL)
+    }
+)
+SCHEMA_CODES = frozenset({1054, 1146})  # unknown column, no such table: the cache may be stale
+STATEMENT_BYTES = 1 << 20  # well under every max_allowed_packet default
+READ_TIMEOUT_S = 300
+
+BINARY_TYPES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
+GEOMETRY_TYPES = frozenset(
+    {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
+     "multipolygon", "geometrycollection", "geomcollection"}
+)  # fmt: skip
+TEXT_TYPES = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext"})
+_MARIADB_JSON_COLUMNS_SQL = (
+    "SELECT CONSTRAINT_NAME FROM information_schema.CHECK_CONSTRAINTS"
+    " WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME = %s AND LEVEL = 'Column'"
+    " AND CHECK_CLAUSE = CONCAT('json_valid(`', REPLACE(CONSTRAINT_NAME, '`', '``'), '`)')"
+)
+
+
+class DestinationError(AesopError):
+    """The destination cannot take a change as it is (missing table or column, bad value)."""
+
+
+def quote(name: str) -> str:
+    """An identifier in backticks, backticks inside it doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | pymysql.err.InterfaceError):
+        return True
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args:
+        return exc.args[0] in TRANSIENT_CODES
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """How to write one destination column: its SQL value and its row-matching condition."""
+
+    name: str
+    kind: str  # information_schema DATA_TYPE, or "json" for MariaDB's JSON
+    charset: str | None
+
+    def convert(self, value: Any) -> Any:
+        """The JSON form of the change event back to what PyMySQL escapes for this column."""
+        if value is None:
+            return None
+        kind = self.kind
+        if kind in BINARY_TYPES:
+            return base64.b64decode(value, validate=True)
+        if kind == "set" and isinstance(value, list):
+            return ",".join(value)
+        if kind == "json":
+            return orjson.dumps(value).decode()
+        return value
+
+    def value_sql(self, literal: str) -> str:
+        if self.kind in GEOMETRY_TYPES:
+            return f"ST_GeomFromText({literal})"
+        return literal
+
+    def match_sql(self, literal: str, exact: bool) -> str:
+        """``column = value``; ``exact`` compares text case- and accent-sensitively (for
+        tables without a primary key, where the collation must not pick another row)."""
+        column = quote(self.name)
+        value = self.value_sql(literal)
+        if literal == "NULL":
+            pass
+        elif self.kind == "float":
+            # A FLOAT column holds the single-precision value; compare with one, not a double.
+            value = f"CAST({literal} AS FLOAT)"
+        elif self.kind == "json" and self.charset is None:
+            value = f"CAST({literal} AS JSON)"  # MySQL's JSON type compares as JSON
+        elif exact and self.kind in TEXT_TYPES and self.charset:
+            cs = self.charset
+            value = f"CONVERT({literal} USING {cs}) COLLATE {cs}_bin"
+        return f"{column} <=> {value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A destination table: its qualified name and its columns by name."""
+
+    name: str  # `db`.`table`
+    columns: dict[str, Column]
+
+    def column(self, name: str) -> Column:
+        column = self.columns.get(name)
+        if column is None:
+            raise DestinationError(f"destination table {self.name} has no column {quote(name)}")
+        return column
+
+
+# One statement-to-be: what kind, on which table, and a signature that tells which
+# consecutive steps can share one statement.
+Step = tuple[str, Table, tuple[str, ...], dict[str, Any]]
+
+
+class MySQLHandler(Handler):
+    """Applies batches of changes to one destination server over one connection."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        url = self.consumer.mysql
+        assert url is not None, "settings require mysql for handler = 'mysql'"
+        self.url: MySQLURL = url
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: Any = None
+        self._tables: dict[tuple[str, str], Table] = {}
+        self._mariadb = True
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mysql-{self.consumer.name}")
+
+    async def stop(self) -> None:
+        if self._executor is not None:
+            await self._run(self._disconnect)
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        failed = await self._run(self._apply_all, changes)
+        if failed is not None:
+            index, exc, transient = failed
+            raise EventFailed(index, exc, transient) from exc
+
+    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            await self.start()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    # -- on the handler's thread -------------------------------------------------------
+
+    def _apply_all(self, changes: Sequence[Change]) -> tuple[int, BaseException, bool] | None:
+        """Everything in one transaction; on a refusal, change by change to find it."""
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                for statement in self._statements(conn, self._steps(conn, changes)):
+                    cur.execute(statement)
+            conn.commit()
+            return None
+        except Exception as exc:
+            if is_transient(exc):
+                self._disconnect()
+                return 0, exc, True
+            self._rollback()
+            if isinstance(exc, DestinationError) or (
+                isinstance(exc, pymysql.err.MySQLError) and exc.args and exc.args[0] in SCHEMA_CODES
+            ):
+                self._tables.clear()  # the destination may have been altered since
+        return self._apply_each(changes)
+
+    def _apply_each(self, changes: Sequence[Change]) -> tuple[int, BaseException, bool] | None:
+        index = 0
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                for index, change in enumerate(changes):
+                    cur.execute("SAVEPOINT aesop_change")
+                    try:
+                        for statement in self._statements(conn, self._steps(conn, [change])):
+                            cur.execute(statement)
+                    except Exception as exc:
+                        if is_transient(exc):
+                            raise
+                        cur.execute("ROLLBACK TO SAVEPOINT aesop_change")
+                        conn.commit()
+                        return index, exc, False
+            conn.commit()
+            return None
+        except Exception as exc:
+            # Transient, or the connection failed around the savepoints: nothing committed.
+            self._disconnect()
+            return 0, exc, True
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            args = {k: v for k, v in self.url.connect_args().items() if k != "database"}
+            conn = pymysql.connect(
+                **args,
+                charset="utf8mb4",
+                autocommit=False,
+                connect_timeout=10,
+                read_timeout=READ_TIMEOUT_S,
+                write_timeout=READ_TIMEOUT_S,
+            )
+            with conn.cursor() as cur:
+                for statement in SESSION:
+                    cur.execute(statement)
+            self._mariadb = "mariadb" in conn.get_server_info().lower()
+            self._conn = conn
+            log.info("consumer %s: connected to %s", self.consumer.name, self.url)
+        return self._conn
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.rollback()
+        except Exception:
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already gone: closing only tidies up
+                conn.close()
+
+    def _table(self, conn: Any, db: str, name: str) -> Table:
+        table = self._tables.get((db, name))
+        if table is not None:
+            return table
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS"
+                " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+                (db, name),
+            )
+            rows = cur.fetchall()
+            json_columns: set[str] = set()
+            if self._mariadb:
+                cur.execute(_MARIADB_JSON_COLUMNS_SQL, (db, name))
+                json_columns = {column for (column,) in cur.fetchall()}
+        qualified = f"{quote(db)}.{quote(name)}"
+        if not rows:
+            raise DestinationError(f"destination table {qualified} does not exist; create it")
+        columns = {}
+        for column, kind, charset in rows:
+            if column in json_columns:
+                kind = "json"
+            # A MySQL JSON column has no charset; MariaDB's (LONGTEXT) has one.
+            columns[column] = Column(column, kind.lower(), charset)
+        table = self._tables[(db, name)] = Table(qualified, columns)
+        return table
+
+    def _steps(self, conn: Any, changes: Sequence[Change]) -> list[Step]:
+        """What each change does, in order: upserts, deletes by key, row deletes, inserts."""
+        steps: list[Step] = []
+        for change in changes:
+            event = change.event
+            source = event["source"]
+            table = self._table(conn, self.url.database or source["db"], source["table"])
+            op, key, before, after = event["op"], event.get("key"), event["before"], event["after"]
+            if key is None:
+                if op in "ud" and before is not None:
+                    steps.append(("delete_row", table, tuple(before), before))
+                if op in "cur" and after is not None:
+                    steps.append(("insert", table, tuple(after), after))
+                continue
+            names = tuple(key)
+            if op == "d":
+                steps.append(("delete", table, names, {k: before[k] for k in names}))
+                continue
+            if op == "u" and before is not None and any(before[k] != after[k] for k in names):
+                steps.append(("delete", table, names, {k: before[k] for k in names}))
+            steps.append(("upsert", table, tuple(after), after))
+        return steps
+
+    def _statements(self, conn: Any, steps: list[Step]) -> list[str]:
+        """SQL for the steps, consecutive steps of one kind, table and columns sharing one
+        statement (a row delete never shares: LIMIT 1 is per row)."""
+        statements: list[str] = []
+        group: list[Step] = []
+        size = 0
+        for step in steps:
+            if group and (
+                step[:3] != group[0][:3] or step[0] == "delete_row" or size > STATEMENT_BYTES
+            ):
+                statements.append(self._statement(conn, group))
+                group, size = [], 0
+            group.append(step)
+            size += sum(len(v) if isinstance(v, str) else 8 for v in step[3].values())
+        if group:
+            statements.append(self._statement(conn, group))
+        return statements
+
+    def _statement(self, conn: Any, group: list[Step]) -> str:
+        kind, table, names, _ = group[0]
+        columns = [table.column(name) for name in names]
+
+        def literals(values: dict[str, Any]) -> list[str]:
+            return [conn.literal(c.convert(values[c.name])) for c in columns]
+
+        if kind in ("upsert", "insert"):
+            rows = ",".join(
+                "(" + ",".join(c.value_sql(v) for c, v in zip(columns, literals(s[3]), strict=True))
+                + ")"
+                for s in group
+            )  # fmt: skip
+            sql = f"INSERT INTO {table.name} ({','.join(quote(n) for n in names)}) VALUES {rows}"
+            if kind == "upsert":
+                updates = ",".join(f"{quote(n)}=VALUES({quote(n)})" for n in names)
+                sql += f" ON DUPLICATE KEY UPDATE {updates}"
+            return sql
+        exact = kind == "delete_row"
+        where = " OR ".join(
+            "(" + " AND ".join(
+                c.match_sql(v, exact) for c, v in zip(columns, literals(s[3]), strict=True)
+            ) + ")"
+            for s in group
+        )  # fmt: skip
+        return f"DELETE FROM {table.name} WHERE {where}" + (" LIMIT 1" if exact else "")
