@@ -17,6 +17,7 @@ about once a second per busy partition, and on every rebalance and clean stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -39,7 +40,12 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.05
 MIRROR_EVERY_S = 1.0
+STOP_TIMEOUT_S = 30.0
 OPS = frozenset("cudr")
+
+
+class Stopping(Exception):
+    """The worker is stopping while a batch waits on a transient error; it is not acked."""
 
 
 class BadMessage(Exception):
@@ -59,7 +65,7 @@ def parse(value: bytes | None) -> dict[str, Any]:
     if event.get("op") not in OPS:
         raise BadMessage(f"not a change event: op is {event.get('op')!r}, not c/u/d/r")
     scn, row = event.get("scn"), event.get("row")
-    if not isinstance(scn, int) or not isinstance(row, int) or isinstance(scn | row, bool):
+    if type(scn) is not int or type(row) is not int:
         raise BadMessage("not a change event: scn and row must be integers")
     source = event.get("source")
     if not isinstance(source, dict) or not all(
@@ -131,6 +137,10 @@ class ConsumerRunner(Service):
         self._dirty: set[tuple[str, int]] = set()
         self._fallback: dict[tuple[str, int], dict[str, Any] | None] = {}
         self._warned_sources: set[tuple[str, int]] = set()
+        self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.app.agent(self.topic, name=f"{consumer.name}.apply", concurrency=1)(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
@@ -146,21 +156,48 @@ class ConsumerRunner(Service):
         await self.add_runtime_dependency(self.app)
 
     async def on_stop(self) -> None:
+        # Before the app (and its agent) stops: let the batch in hand finish, so that its
+        # events are acked and their offsets committed by the app's own stop.
+        self._stopping = True
+        self._stop_requested.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("consumer %s: a batch was still being applied at stop", self.name)
+        else:
+            await self._commit()
         self._publish_all()
         await self.handler.stop()
+
+    async def _commit(self) -> None:
+        """Commit the acked offsets now (the app's own stop may find its consumer stopping)."""
+        try:
+            await self.app.consumer.commit()
+        except Exception as exc:  # the next owner re-reads and skips by (scn, row)
+            log.warning("consumer %s: offsets not committed at stop (%s)", self.name, exc)
 
     # -- the agent --------------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> None:
         async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
-            await self.process(events)
-            for event in events:
-                await stream.ack(event)
+            if self._stopping:
+                return  # not acked: the next owner of these partitions gets them again
+            self._idle.clear()
+            try:
+                await self.process(events)
+            except Stopping:
+                return
+            else:
+                for event in events:
+                    await stream.ack(event)
+            finally:
+                self._idle.set()
 
     async def process(self, events: Sequence[Any]) -> None:
         """Apply one batch; returns only when every event is applied, skipped or dead-lettered."""
         self.stats.consumed += len(events)
         changes: list[Change] = []
+        skipped = 0
         last: dict[tuple[str, int], dict[str, Any]] = {}
         for event in events:
             message = event.message
@@ -176,10 +213,17 @@ class ConsumerRunner(Service):
             )  # fmt: skip
             position = last.get(tp) or await self._position(tp)
             if position is not None and self._already_applied(tp, position, parsed):
-                self.stats.skipped += 1
+                skipped += 1
                 continue
             changes.append(change)
             last[tp] = self._document(change)
+        if skipped:
+            self.stats.skipped += skipped
+            log.info(
+                "consumer %s: skipped %d changes already applied (at or below the applied "
+                "(scn, row) of their partition; %d in all)",
+                self.name, skipped, self.stats.skipped,
+            )  # fmt: skip
         await self._apply(changes)
 
     def _already_applied(
@@ -217,7 +261,7 @@ class ConsumerRunner(Service):
                     "consumer %s: %s at %s/%d offset %d; retrying in %.1fs",
                     self.name, failure, failed.topic, failed.partition, failed.offset, delay,
                 )  # fmt: skip
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 pending = pending[failure.index :]
                 continue
             await self._record(pending)
@@ -278,7 +322,15 @@ class ConsumerRunner(Service):
                     "cannot be read (%s); retrying in %.1fs",
                     self.name, tp[0], tp[1], exc, delay,
                 )  # fmt: skip
-                await asyncio.sleep(delay)
+                await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep before a retry; raise Stopping if the worker stops meanwhile."""
+        if not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
+        if self._stopping:
+            raise Stopping()
 
     async def _dead_letter(self, key: bytes | None, value: bytes | None, where: Any,
                            error: BaseException) -> None:  # fmt: skip
@@ -308,7 +360,7 @@ class ConsumerRunner(Service):
                 delay = next(delays)
                 log.warning("consumer %s: dead-letter send failed (%s); retrying in %.1fs",
                             self.name, exc, delay)  # fmt: skip
-                await asyncio.sleep(delay)
+                await self._pause(delay)
 
     # -- the ZooKeeper mirror ----------------------------------------------------------
 

@@ -41,4 +41,4 @@ def flaky(event: dict[str, Any]) -> None:
     """Raises Transient while the file named by ``AESOP_TEST_GATE`` exists."""
     if os.path.exists(os.environ["AESOP_TEST_GATE"]):
         raise Transient("destination gate closed")
-    _append(event, "sync")
+    _append(event, "flaky")

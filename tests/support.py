@@ -194,14 +194,18 @@ class Stack:
 
 
 def read_topic(
-    topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0
+    topic: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 60.0,
+    raw: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every message of ``topic`` from the beginning, as {key, value, partition, offset}."""
-    return asyncio.run(_read_topic(topic, until, timeout))
+    """Every message of ``topic`` from the beginning, as {key, value, partition, offset};
+    ``raw``: key and value as bytes, plus the headers."""
+    return asyncio.run(_read_topic(topic, until, timeout, raw))
 
 
 async def _read_topic(
-    topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float
+    topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float, raw: bool
 ) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=KAFKA, enable_auto_commit=False, auto_offset_reset="earliest"
@@ -221,6 +225,17 @@ async def _read_topic(
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
+                    if raw:
+                        messages.append(
+                            {
+                                "key": record.key,
+                                "value": record.value,
+                                "headers": list(record.headers),
+                                "partition": record.partition,
+                                "offset": record.offset,
+                            }
+                        )
+                        continue
                     messages.append(
                         {
                             "key": orjson.loads(record.key) if record.key else None,
