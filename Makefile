@@ -35,5 +35,6 @@ test: up venv ## Run the whole test suite against the local stack
 lint: venv ## ruff lint and format check
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-bench: up venv ## Run the relay benchmark (figures as ratios to the parser ceiling)
+bench: up venv ## Run the relay, then the consumer benchmark (figures as ratios to baselines)
 	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.relay_bench
+	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.consumer_bench
