@@ -4,10 +4,12 @@ consumer applying it, and the destination compared with the source row for row."
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pymysql
 import pytest
 
@@ -17,6 +19,7 @@ from tests.support import (
     SourceSpec,
     Worker,
     WorkerFactory,
+    count_then_settle,
     master_position,
     mysql_url,
     read_topic,
@@ -24,6 +27,7 @@ from tests.support import (
     wait_until,
     write_config,
 )
+from tests.test_preflight import PrivateServer, start_private_server
 from tests.test_relay import in_one_transaction, server_id
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
@@ -225,3 +229,118 @@ def test_replica_equals_the_source_row_for_row(
     assert all(checksum is not None for _, checksum in tables.values())
     dlq = read_topic(f"t{unique}-replica.dlq", lambda messages: False, timeout=3)
     assert dlq == []
+
+
+def restart(server: PrivateServer) -> PrivateServer:
+    """Start a stopped private server again: same command, data directory and port."""
+    with (server.base / "mariadbd.out").open("ab") as out:
+        proc = subprocess.Popen(
+            server.proc.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    again = PrivateServer(server.base, server.port, proc)
+    wait_until(lambda: connectable(again), 60, "the replica server to accept connections")
+    return again
+
+
+def connectable(server: PrivateServer) -> bool:
+    try:
+        server.sql("SELECT 1")
+    except pymysql.err.OperationalError:
+        assert server.proc.poll() is None, server.log()
+        return False
+    return True
+
+
+def retry_lines(worker: Worker, consumer: str) -> list[str]:
+    return [
+        line
+        for line in worker.log().splitlines()
+        if f"consumer {consumer}: " in line and "; retrying in " in line
+    ]
+
+
+def test_a_stopped_replica_is_retried_until_it_is_back(
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, replica: str
+) -> None:
+    server = start_private_server(tmp_path / "replica")
+    try:
+        target = {"host": "127.0.0.1", "port": server.port, "user": "root"}
+        create_schema(mysql_url().connect_args(), database, SCHEMA)
+        create_schema(target, replica, SCHEMA)
+        worker, consumer = start_worker(
+            workers, tmp_path, unique, database, f"{server.url()}/{replica}"
+        )
+        workload(database)
+        assert_converges((mysql_url().connect_args(), database), (target, replica), 60)
+
+        server.stop()
+        workload(database, base=2000)
+        wait_until(lambda: len(retry_lines(worker, consumer)) >= 3, 60, "three retries")
+        sql("UPDATE items SET qty = -qty WHERE id >= 2000", database=database)
+        server = restart(server)
+        tables = assert_converges((mysql_url().connect_args(), database), (target, replica), 90)
+    finally:
+        server.stop()
+    assert len(tables["items"][0]) == 2 * 38
+    retries = retry_lines(worker, consumer)
+    assert all("OperationalError: (20" in line for line in retries), retries
+    assert read_topic(f"{consumer}.dlq", lambda messages: False, timeout=3) == []
+
+
+def test_a_change_the_replica_refuses_is_dead_lettered_and_the_rest_applied(
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, replica: str
+) -> None:
+    create_schema(
+        mysql_url().connect_args(),
+        database,
+        {"items": SCHEMA["items"], "narrow": "id INT PRIMARY KEY, name VARCHAR(40)",
+         "missing": "id INT PRIMARY KEY, name VARCHAR(40), extra INT"},
+    )  # fmt: skip
+    create_schema(
+        mysql_url().connect_args(),
+        replica,
+        {"items": SCHEMA["items"], "narrow": "id INT PRIMARY KEY, name VARCHAR(5)",
+         "missing": "id INT PRIMARY KEY, name VARCHAR(40)"},
+    )  # fmt: skip
+    worker, consumer = start_worker(
+        workers, tmp_path, unique, database, f"mysql://root@127.0.0.1:3306/{replica}"
+    )
+    sql(
+        "INSERT INTO narrow VALUES (1, 'ok')",
+        "INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)",
+        "INSERT INTO narrow VALUES (2, 'far too long for five')",
+        "INSERT INTO missing VALUES (1, 'x', 7)",
+        "UPDATE items SET qty = 20 WHERE id = 2",
+        "UPDATE narrow SET name = 'ok2' WHERE id = 1",
+        *(f"INSERT INTO items VALUES ({i}, 'later', {i})" for i in range(3, 30)),
+        database=database,
+    )
+    dlq = read_topic(f"{consumer}.dlq", count_then_settle(2), timeout=60, raw=True)
+    source = read_topic(f"aesop.t{unique}", count_then_settle(34, 0), timeout=30, raw=True)
+    assert len(dlq) == 2, dlq
+    by_table: dict[str, dict[str, Any]] = {}
+    for message in dlq:
+        headers = {k: v.decode() for k, v in message["headers"]}
+        original = next(
+            m
+            for m in source
+            if m["partition"] == int(headers["aesop.partition"])
+            and m["offset"] == int(headers["aesop.offset"])
+        )
+        assert (message["key"], message["value"]) == (original["key"], original["value"])
+        assert headers["aesop.consumer"] == consumer
+        assert headers["aesop.topic"] == f"aesop.t{unique}"
+        by_table[orjson.loads(message["key"])["table"]] = headers
+    assert "Data too long for column 'name'" in by_table["narrow"]["aesop.error"]
+    assert by_table["narrow"]["aesop.error.class"] == "DataError"
+    assert "has no column `extra`" in by_table["missing"]["aesop.error"]
+    assert by_table["missing"]["aesop.error.class"] == "DestinationError"
+
+    def replica_rows() -> dict[str, Any]:
+        return {t: rows for t, (rows, _) in rows_of(mysql_url().connect_args(), replica).items()}
+
+    wait_until(lambda: len(replica_rows()["items"]) == 29, 30, "the later changes")
+    assert replica_rows()["narrow"] == [(1, "ok2")]
+    assert replica_rows()["missing"] == []
+    assert replica_rows()["items"] == rows_of(mysql_url().connect_args(), database)["items"][0]
+    assert worker.proc.poll() is None
