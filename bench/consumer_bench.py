@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -450,6 +451,43 @@ def _destination_check(run: Run, expected: dict[str, int]) -> dict[str, Any]:
     return {"expected": expected, "found": found, "ok": found == expected}
 
 
+LAYERS = (  # (layer, a part of the file name or of the function name), first match wins
+    ("Kafka fetch (aiokafka)", "aiokafka/"),
+    ("faust consumer and conductor", "faust/transport/"),
+    ("faust streams and events", "faust/streams"),
+    ("faust streams and events", "faust/channels"),
+    ("faust streams and events", "faust/events"),
+    ("faust streams and events", "faust/types"),
+    ("faust key/value decoding", "faust/serializers"),
+    ("faust sensors", "faust/sensors"),
+    ("faust, other", "faust/"),
+    ("asyncio loop and tasks (mode wait_first)", "asyncio/"),
+    ("asyncio loop and tasks (mode wait_first)", "mode/"),
+    ("asyncio loop and tasks (mode wait_first)", "_contextvars"),
+    ("asyncio loop and tasks (mode wait_first)", "_asyncio"),
+    ("asyncio loop and tasks (mode wait_first)", "selectors"),
+    ("asyncio loop and tasks (mode wait_first)", "_weakrefset"),
+    ("aesop consumer (agents/)", "agents/"),
+    ("orjson", "orjson"),
+)
+
+
+def profile_layers(path: str) -> dict[str, float]:
+    """Share of the worker's busy loop-thread time (epoll waits left out) per layer."""
+    import pstats
+
+    shares: Counter[str] = Counter()
+    for (file, _, function), (_, _, own, _, _) in pstats.Stats(path).stats.items():  # type: ignore[attr-defined]
+        if "epoll" in function:
+            continue
+        where = f"{file} {function}"
+        shares[
+            next((name for name, part in LAYERS if part in where), "builtins, start-up, other")
+        ] += own
+    busy = sum(shares.values())
+    return {name: own / busy for name, own in shares.most_common()}
+
+
 def _mysql_landed() -> bool:
     return (ROOT / "agents" / "mysql.py").exists()
 
@@ -484,6 +522,8 @@ def measure(run: Run, events: int, phases: set[str], profile: str | None) -> dic
         )
         if handler == "mysql":
             results[phase]["destination"] = _destination_check(run, results["fill"]["expected"])
+        if profile and phase == "noop1":
+            results[phase]["profile"] = {"file": profile, "busy_share": profile_layers(profile)}
         rate = results[phase].get("events_per_s")
         cpu = results[phase]["per_worker"][0].get("cpu_share") or 0
         print(f"{phase}: {rate or 0:.0f} events/s (first worker {cpu:.0%} CPU),"
@@ -527,18 +567,22 @@ def _report(results: dict[str, Any]) -> None:
             f"  {label:35} {result['events_per_s']:10.0f} events/s  {result['ratio']:5.2f}x"
             f"   start-up {result['startup_seconds']:.1f}s"
         )
-        if "both_ratio" in result:
-            line += f"; both working {result['both_working_events_per_s']:.0f}/s"
-            line += f" {result['both_ratio']:.2f}x"
+        if "both_working_ratio" in result:
+            line += f"; once both work {result['both_working_events_per_s']:.0f}/s"
+            line += f" {result['both_working_ratio']:.2f}x"
         if len(result["per_worker"]) > 1:
             line += "; per worker " + ", ".join(
-                f"{w['events_per_s'] or 0:.0f}/s ({len(w['partitions'])} partitions,"
-                f" {w['events_handed']} handed)"
+                f"{w['events_per_s'] or 0:.0f}/s ({len(w['partitions'])} partitions seen,"
+                f" {w['events_handed']} events, {w['cpu_share'] or 0:.0%} CPU)"
                 for w in result["per_worker"]
             )
         if "destination" in result:
             line += "; destination " + ("ok" if result["destination"]["ok"] else "WRONG")
         lines.append(line)
+    if "profile" in results.get("noop1", {}):
+        lines.append("  no-op worker's busy time (cProfile, start-up included):")
+        for name, share in results["noop1"]["profile"]["busy_share"].items():
+            lines.append(f"    {share:6.1%}  {name}")
     for name, ok in results["checks"].items():
         lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}")
     print("\n".join(lines))
