@@ -354,7 +354,7 @@ class MySQLHandler(Handler):
         columns = [table.column(name) for name in names]
 
         def literals(values: dict[str, Any]) -> list[str]:
-            return [conn.literal(c.convert(values[c.name])) for c in columns]
+            return [conn.escape(c.convert(values[c.name])) for c in columns]
 
         if kind in ("upsert", "insert"):
             rows = ",".join(

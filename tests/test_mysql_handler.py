@@ -3,6 +3,7 @@ consumer applying it, and the destination compared with the source row for row."
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,13 +14,16 @@ import orjson
 import pymysql
 import pytest
 
-from agents.mysql import quote
+from agents.handlers import Change, EventFailed
+from agents.mysql import MySQLHandler, quote
+from app.settings import ConsumerSettings, MySQLURL
 from tests.support import (
     ROOT,
     SourceSpec,
     Worker,
     WorkerFactory,
     count_then_settle,
+    free_port,
     master_position,
     mysql_url,
     read_topic,
@@ -344,3 +348,86 @@ def test_a_change_the_replica_refuses_is_dead_lettered_and_the_rest_applied(
     assert replica_rows()["missing"] == []
     assert replica_rows()["items"] == rows_of(mysql_url().connect_args(), database)["items"][0]
     assert worker.proc.poll() is None
+
+
+# --- the handler on its own: batches of hand-made events, no Kafka ---------------------
+
+
+def change(op: str, table: str, key: Any, before: Any, after: Any, db: str = "src") -> Change:
+    event = {
+        "op": op, "source": {"name": "shop", "db": db, "table": table}, "scn": 1, "row": 0,
+        "key": key, "before": before, "after": after,
+    }  # fmt: skip
+    return Change(event, None, orjson.dumps(event), "aesop.shop", 0, 0)
+
+
+def apply(url: MySQLURL, *changes: Change) -> EventFailed | None:
+    """Apply one batch with a fresh handler; the EventFailed it raised, if any."""
+
+    async def run() -> EventFailed | None:
+        consumer = ConsumerSettings("replica", ("aesop.shop",), "mysql", url)
+        handler = MySQLHandler(None, consumer, None)
+        await handler.start()
+        try:
+            await handler.apply(changes)
+        except EventFailed as failure:
+            return failure
+        finally:
+            await handler.stop()
+        return None
+
+    return asyncio.run(run())
+
+
+def test_key_changes_rows_without_a_key_and_names_that_need_quoting(database: str) -> None:
+    sql(
+        f"CREATE TABLE {database}.`we``ird` (`i``d` INT PRIMARY KEY, `sp ace` VARCHAR(9))",
+        f"CREATE TABLE {database}.nokey (f FLOAT, s VARCHAR(9), b BLOB)",
+        f"INSERT INTO {database}.nokey VALUES (1.1, 'A', NULL)",  # equal but for case
+    )
+    url = mysql_url(database)
+    row1, row2 = {"i`d": 1, "sp ace": "one"}, {"i`d": 2, "sp ace": "two"}
+    f1 = {"f": 1.1, "s": "a", "b": "AP8="}
+    f2 = {"f": 2.5, "s": "a", "b": None}
+    assert apply(
+        url,
+        change("c", "we`ird", {"i`d": 1}, None, row1),
+        change("u", "we`ird", {"i`d": 2}, row1, row2),  # the key changed: 1 -> 2
+        change("c", "nokey", None, None, f1),
+        change("u", "nokey", None, f1, f2),
+        change("c", "nokey", None, None, f1),
+        change("d", "nokey", None, f1, None),
+    ) is None  # fmt: skip
+    assert sql(f"SELECT * FROM {database}.`we``ird`") == [(2, "two")]
+    assert sorted(sql(f"SELECT f, s, HEX(b) FROM {database}.nokey"), key=str) == [
+        (1.1, "A", None), (2.5, "a", None),
+    ]  # fmt: skip
+
+
+def test_a_refused_change_is_found_and_the_ones_before_it_committed(database: str) -> None:
+    sql(f"CREATE TABLE {database}.t (id INT PRIMARY KEY, name VARCHAR(3))")
+    url = mysql_url(database)
+    batch = [change("c", "t", {"id": i}, None, {"id": i, "name": n})
+             for i, n in enumerate(["a", "b", "too long", "d"])]  # fmt: skip
+    failure = apply(url, *batch)
+    assert failure is not None and (failure.index, failure.transient) == (2, False)
+    assert failure.cause.args[0] == 1406, failure.cause
+    assert sql(f"SELECT id FROM {database}.t") == [(0,), (1,)]
+    missing = change("c", "t", {"id": 9}, None, {"id": 9, "name": "x", "extra": 1})
+    failure = apply(url, batch[3], missing)
+    assert failure is not None and (failure.index, failure.transient) == (1, False)
+    assert "has no column `extra`" in str(failure)
+    sql(f"ALTER TABLE {database}.t ADD COLUMN extra INT")  # the handler reads it again
+    assert apply(url, missing) is None
+    assert sql(f"SELECT * FROM {database}.t") == [(0, "a", None), (1, "b", None),
+                                                  (3, "d", None), (9, "x", 1)]  # fmt: skip
+    failure = apply(url, change("c", "absent", {"id": 1}, None, {"id": 1}))
+    assert failure is not None and not failure.transient
+    assert "does not exist" in str(failure)
+
+
+def test_an_unreachable_replica_is_transient(stack: Any) -> None:
+    url = MySQLURL("127.0.0.1", free_port(), "root", "", "nowhere")
+    failure = apply(url, change("c", "t", {"id": 1}, None, {"id": 1}))
+    assert failure is not None and (failure.index, failure.transient) == (0, True)
+    assert failure.cause.args[0] == 2003, failure.cause
