@@ -338,8 +338,13 @@ class MySQLHandler(Handler):
         group: list[Step] = []
         size = 0
         for step in steps:
-            if group and (
-                step[:3] != group[0][:3] or step[0] == "delete_row" or size > STATEMENT_BYTES
+            first = group[0] if group else None
+            if first is not None and (
+                step[0] != first[0]
+                or step[1] is not first[1]  # tables are cached: one object per table
+                or step[2] != first[2]
+                or step[0] == "delete_row"
+                or size > STATEMENT_BYTES
             ):
                 statements.append(self._statement(conn, group))
                 group, size = [], 0
