@@ -6,6 +6,7 @@ from agents.consumer import ConsumerRunner
 from app.main import app, settings
 from tables.checkpoints import mirror
 
+# Handlers were imported when the settings were loaded (app.main), so this cannot fail.
 consumers = [
     ConsumerRunner(settings, consumer, mirror, loop=app.loop, beacon=app.beacon)
     for consumer in settings.consumers

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from app import settings as settings_module
+import app.settings as settings_module
 from app.errors import AesopError
-from app.settings import Settings
+from app.settings import MySQLURL, Settings
 
 if TYPE_CHECKING:
     from relay.position import Checkpoint
@@ -34,6 +34,38 @@ def check_sources(settings: Settings, checkpoints: dict[str, object] | None = No
             origin = "checkpoint" if checkpoint else f"start = {source.start}"
             lines.append(f"ok: source {source.name!r}: reads from {start.position} ({origin})")
     return lines
+
+
+def check_consumers(settings: Settings) -> list[str]:
+    """Every consumer's handler can be loaded, and a mysql destination answers."""
+    from agents.handlers import load_function
+
+    lines = []
+    for consumer in settings.consumers:
+        try:
+            if consumer.handler == "mysql":
+                assert consumer.mysql is not None
+                _reach_destination(consumer.name, consumer.mysql)
+            elif consumer.handler != "route":
+                load_function(consumer)
+        except AesopError as exc:
+            lines.append(f"error: {exc}")
+        else:
+            topics = ", ".join(consumer.topics)
+            lines.append(f"ok: consumer {consumer.name!r}: {consumer.handler} over {topics}")
+    return lines
+
+
+def _reach_destination(name: str, url: MySQLURL) -> None:
+    import pymysql
+
+    try:
+        pymysql.connect(**url.connect_args(), connect_timeout=5).close()
+    except pymysql.MySQLError as exc:
+        raise AesopError(
+            f"consumer {name!r}: destination {url} refused or unreachable ({exc.args[-1]}); "
+            "is it running, and do the user, password and database exist?"
+        ) from None
 
 
 def _checkpoint(settings: Settings, name: str, stored: object) -> Checkpoint | None:
@@ -85,11 +117,11 @@ def mirrored_checkpoints(settings: Settings) -> dict[str, object]:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    lines = check_sources(settings, mirrored_checkpoints(settings))
+    lines = check_sources(settings, mirrored_checkpoints(settings)) + check_consumers(settings)
     for line in lines:
         print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
-    if not settings.sources:
-        print(f"ok: {settings.path}: no [[source]]; nothing to check")
+    if not settings.sources and not settings.consumers:
+        print(f"ok: {settings.path}: no [[source]] and no [[consumer]]; nothing to check")
     return 1 if any(line.startswith("error") for line in lines) else 0
 
 
@@ -112,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().addHandler(logging.NullHandler())
     if args.config:
         os.environ["AESOP_CONFIG"] = args.config
+    # Handlers are imported as the worker (`python -m faust`) imports them: from the cwd too.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         settings = settings_module.load()
         return {"check": cmd_check, "worker": cmd_worker}[args.command](settings, args)

@@ -6,12 +6,23 @@ import sys
 
 import faust
 
-from app import settings as settings_module
+import app.settings as settings_module
 from app.errors import ConfigError
 from app.partitioner import partition_for_key
 
+
+def _load() -> settings_module.Settings:
+    from agents.handlers import load_function
+
+    loaded = settings_module.load()
+    for consumer in loaded.consumers:
+        if consumer.handler not in ("mysql", "route"):
+            load_function(consumer)  # a handler that cannot be imported is a config error
+    return loaded
+
+
 try:
-    settings = settings_module.load()
+    settings = _load()
 except ConfigError as exc:
     # Reached from `faust -A app worker`: a config error is one line and exit 2, no traceback.
     print(f"aesop: {exc}", file=sys.stderr)

@@ -337,3 +337,29 @@ def test_route_republishes_per_table_with_tombstones(
                 t for t in expected[table] if t[0] == key
             ], (table, key)
     assert worker.stop() == 0
+
+
+def test_check_and_worker_reject_a_handler_or_destination_they_cannot_use(
+    stack: Any, tmp_path: Path, unique: str
+) -> None:
+    from tests.test_preflight import BIN, aesop_check, assert_one_error, run
+
+    app_id = f"t{unique}"
+    topics = [f"aesop.t{unique}"]
+
+    def config(handler: str, extra: str = "") -> Path:
+        text = consumer_toml(f"{app_id}-c", topics, handler, extra)
+        path = tmp_path / f"{handler.replace(':', '-')}.toml"
+        return write_config(path, app_id, [], extra=text)
+
+    missing = config("tests.no_such_module:apply")
+    assert_one_error(aesop_check(missing), 1, "error: [[consumer]]", "cannot import")
+    absent = config(f"{HANDLERS}:no_such_function")
+    assert_one_error(aesop_check(absent), 1, "error: [[consumer]]", "has no function")
+    down = config("mysql", 'mysql = "mysql://root@127.0.0.1:1/replica"\n')
+    assert_one_error(aesop_check(down), 1, "error: consumer", "unreachable", "127.0.0.1:1")
+    good = aesop_check(config("route"))
+    assert good.code == 0 and good.stdout.startswith(f"ok: consumer '{app_id}-c': route")
+
+    worker = run([str(BIN / "python"), "-m", "faust", "-A", "app", "worker"], missing)
+    assert_one_error(worker, 2, "aesop: [[consumer]]", "cannot import 'tests.no_such_module'")
