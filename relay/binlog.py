@@ -1,7 +1,8 @@
 """The border with python-mysql-replication: binlog events in, aesop change batches out.
 
-Nothing outside ``relay.binlog`` and ``relay.values`` imports pymysqlreplication. The reader
-runs in its own thread (the library blocks) and hands serialized batches to the loop.
+Nothing outside ``relay.binlog``, ``relay.decoder``, ``relay.values`` and
+``relay._pmr_patches`` imports pymysqlreplication. The reader runs in its own thread (the
+library blocks) and hands serialized batches to the loop.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 from app.errors import DecodeError, SourceError
 from app.settings import SourceSettings
 from relay import values
+from relay.decoder import RowDecoder, layout_key
 from relay.handoff import Batch, Change, Handoff
 from relay.include import TableFilter
 from relay.position import Position, scn_of
@@ -134,7 +136,10 @@ class BinlogReader:
         self.stopping = threading.Event()
         self._stream: BinLogStreamReader | None = None
         self._wants = TableFilter.of(source)
-        self._converters: dict[tuple[Any, ...], Callable[[Any], dict[str, Any]]] = {}
+        self._decoders: dict[tuple[Any, ...], RowDecoder] = {}
+        # Per (db, table): the last table map's column list and its decoder, so that the
+        # layout key is only built when a new table map comes (once per transaction).
+        self._last_decoder: dict[tuple[str, str], tuple[Any, RowDecoder]] = {}
         self._ctl: pymysql.connections.Connection | None = None
         self._is_mariadb = False
 
@@ -252,15 +257,19 @@ class BinlogReader:
         event["txn"]["last"] = last
         batch.changes.append(Change(key, _dumps(event), event["scn"], event["row"]))
 
-    def _converter(self, event: Any) -> Callable[[Any], dict[str, Any]]:
+    def _decoder(self, event: Any) -> RowDecoder:
         columns = event.columns
-        signature = (event.schema, event.table, values.converter_key(columns))
-        convert = self._converters.get(signature)
-        if convert is None:
-            json_columns = self._json_columns(event.schema, event.table)
-            convert = values.row_converter(columns, json_columns=json_columns)
-            self._converters[signature] = convert
-        return convert
+        table = (event.schema, event.table)
+        last = self._last_decoder.get(table)
+        if last is not None and last[0] is columns:
+            return last[1]
+        signature = (*table, layout_key(columns))
+        decoder = self._decoders.get(signature)
+        if decoder is None:
+            json_columns = self._json_columns(*table)
+            decoder = self._decoders[signature] = RowDecoder(columns, json_columns)
+        self._last_decoder[table] = (columns, decoder)
+        return decoder
 
     def _json_columns(self, db: str, table: str) -> frozenset[str]:
         """MariaDB logs JSON as LONGTEXT: ask the server which columns are JSON.
@@ -284,7 +293,7 @@ class BinlogReader:
         pos = event.packet.log_pos - event.packet.event_size
         scn = scn_of(file, pos)
         op = OPS[kind]
-        convert = self._converter(event)
+        images = self._decoder(event).images(event, op)
         pk = event.primary_key
         pk_columns = (pk,) if isinstance(pk, str) and pk else tuple(pk or ())
         source = {
@@ -299,19 +308,16 @@ class BinlogReader:
         }
         skip_scn, skip_row = self.skip_through
         now_ms = int(self.clock() * 1000)
-        for row_index, row in enumerate(event.rows):
+        for row_index, (before, after) in enumerate(images):
             seq = txn.seq
             txn.seq += 1
             if scn < skip_scn or (scn == skip_scn and row_index <= skip_row):
                 continue
             if op == "u":
-                before = convert(row["before_values"])
-                after = convert(row["after_values"])
+                assert before is not None and after is not None
                 changed = [name for name, value in after.items() if before.get(name) != value]
                 image = after
             else:
-                before = convert(row["values"]) if op == "d" else None
-                after = None if op == "d" else convert(row["values"])
                 changed = []
                 image = before if op == "d" else after
             assert image is not None
