@@ -296,16 +296,23 @@ class BinlogReader:
         images = self._decoder(event).images(event, op)
         pk = event.primary_key
         pk_columns = (pk,) if isinstance(pk, str) and pk else tuple(pk or ())
-        source = {
-            "name": self.source.name,
-            "server_id": event.packet.server_id,
-            "db": db,
-            "table": table,
-            "file": file,
-            "pos": pos,
-            "gtid": txn.gtid,
-            "ts_ms": event.timestamp * 1000,
-        }
+        # Serialized once per event: every row of it carries the same source and key prefix.
+        source = orjson.Fragment(
+            orjson.dumps(
+                {
+                    "name": self.source.name,
+                    "server_id": event.packet.server_id,
+                    "db": db,
+                    "table": table,
+                    "file": file,
+                    "pos": pos,
+                    "gtid": txn.gtid,
+                    "ts_ms": event.timestamp * 1000,
+                }
+            )
+        )
+        # orjson.dumps({"db": db, "table": table, "pk": pk}) is key_head + dumps(pk) + b"}".
+        key_head = b'{"db":' + orjson.dumps(db) + b',"table":' + orjson.dumps(table) + b',"pk":'
         skip_scn, skip_row = self.skip_through
         now_ms = int(self.clock() * 1000)
         for row_index, (before, after) in enumerate(images):
@@ -335,7 +342,7 @@ class BinlogReader:
                 "ts_ms": now_ms,
             }
             self._release(txn, batch, last=False)
-            txn.held = (change, _dumps({"db": db, "table": table, "pk": key_values}))
+            txn.held = (change, key_head + orjson.dumps(key_values) + b"}")
 
 
 def _dumps(value: Any) -> bytes:

@@ -289,33 +289,32 @@ def decimal_reader(precision: int, decimals: int) -> Callable[[bytes, int], tupl
     uncomp_fractional, comp_fractional = divmod(decimals, _DIGITS_PER_INTEGER)
     head = _COMPRESSED_BYTES[comp_integral]
     tail = _COMPRESSED_BYTES[comp_fractional]
-    int_groups = [head + 4 * k for k in range(uncomp_integral)]
-    frac_start = head + 4 * uncomp_integral
-    frac_groups = [frac_start + 4 * k for k in range(uncomp_fractional)]
-    tail_at = frac_start + 4 * uncomp_fractional
+    groups = struct.Struct(f">{uncomp_integral + uncomp_fractional}I")
+    tail_at = head + groups.size
     size = tail_at + tail
+    sign_bit = 0x80 << (8 * size - 8)
+    all_ones = (1 << (8 * size)) - 1
     from_bytes = int.from_bytes
+    group_text = "{:09d}".format
+    tail_text = f"{{:0{comp_fractional}d}}".format
 
     def read(data: bytes, p: int) -> tuple[str, int]:
-        raw = bytearray(data[p : p + size])
+        raw = data[p : p + size]
         if len(raw) != size:
             raise ValueError("DECIMAL past the end of the event")
-        positive = raw[0] & 0x80
-        raw[0] ^= 0x80
-        mask = 0 if positive else -1
-        digits = str(from_bytes(raw[:head], "big", signed=True) ^ mask) if head else ""
-        for at in int_groups:
-            digits += f"{from_bytes(raw[at : at + 4], 'big', signed=True) ^ mask:09d}"
+        # Flip the sign bit; a negative value is stored complemented: undo it.
+        stored = from_bytes(raw, "big")
+        positive = stored & sign_bit
+        stored ^= sign_bit if positive else all_ones ^ sign_bit
+        raw = stored.to_bytes(size, "big")
+        parts = groups.unpack_from(raw, head)
+        digits = str(from_bytes(raw[:head], "big")) if head else ""
+        digits += "".join(map(group_text, parts[:uncomp_integral]))
         text = ("" if positive else "-") + (digits.lstrip("0") or "0")
         if decimals:
-            fraction = "".join(
-                f"{from_bytes(raw[at : at + 4], 'big', signed=True) ^ mask:09d}"
-                for at in frac_groups
-            )
+            text += "." + "".join(map(group_text, parts[uncomp_integral:]))
             if tail:
-                part = from_bytes(raw[tail_at:size], "big", signed=True) ^ mask
-                fraction += f"{part:0{comp_fractional}d}"
-            text += "." + fraction
+                text += tail_text(from_bytes(raw[tail_at:], "big"))
         return text, p + size
 
     return read
