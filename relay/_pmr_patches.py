@@ -73,15 +73,76 @@ def _fraction(us: int, fsp: int) -> str:
     return "." + f"{us:06d}"[:fsp] if fsp else ""
 
 
+# Bytes and microsecond scale of a DATETIME2/TIMESTAMP2/TIME2 fraction, by fsp.
+FRAC_BYTES = (0, 1, 1, 2, 2, 3, 3)
+_FRAC_SCALE = (0, 10000, 10000, 100, 100, 1, 1)
+
+# The *_text functions below turn a value's stored bytes into its final text. The readers
+# patched into RowsEvent use them, and so does relay.decoder, which reads rows itself.
+
+
+def date_text(v: int) -> str:
+    """DATE from its 3-byte little-endian integer."""
+    return f"{v >> 9:04d}-{(v >> 5) & 15:02d}-{v & 31:02d}"
+
+
+def datetime2_text(raw: bytes, fsp: int) -> str:
+    """DATETIME2 from its 5 bytes plus FRAC_BYTES[fsp]."""
+    packed = int.from_bytes(raw[:5], "big") - _DATETIMEF_INT_OFS
+    us = int.from_bytes(raw[5:], "big") * _FRAC_SCALE[fsp]
+    ymd, hms = packed >> 17, packed & 0x1FFFF
+    ym = ymd >> 5
+    return (
+        f"{ym // 13:04d}-{ym % 13:02d}-{ymd & 31:02d} "
+        f"{hms >> 12:02d}:{(hms >> 6) & 63:02d}:{hms & 63:02d}{_fraction(us, fsp)}"
+    )
+
+
+def timestamp_text(time: datetime.datetime, us: int, fsp: int) -> str:
+    """TIMESTAMP2 from its seconds (read as a signed int, as utcfromtimestamp) and fraction."""
+    # 0 seconds is the zero TIMESTAMP (valid ones start at 1 second).
+    if time == _EPOCH:
+        return "0000-00-00 00:00:00" + _fraction(0, fsp)
+    if time < _EPOCH:
+        time += _TWO_POW_32
+    return f"{time:%Y-%m-%d %H:%M:%S}{_fraction(us, fsp)}"
+
+
+def timestamp2_text(raw: bytes, fsp: int) -> str:
+    """TIMESTAMP2 from its 4 bytes plus FRAC_BYTES[fsp]."""
+    seconds = int.from_bytes(raw[:4], "big", signed=True)
+    us = int.from_bytes(raw[4:], "big") * _FRAC_SCALE[fsp]
+    return timestamp_text(datetime.datetime.utcfromtimestamp(seconds), us, fsp)
+
+
+def time2_text(raw: bytes, fsp: int) -> str:
+    """TIME2 from its 3 bytes plus FRAC_BYTES[fsp].
+
+    Mirrors MySQL's my_time_packed_from_binary: negative values store the fraction
+    complemented, so the integer part is shifted by one.
+    """
+    if fsp == 0:
+        packed = (int.from_bytes(raw, "big") - _TIMEF_INT_OFS) << 24
+    elif fsp <= 4:
+        intpart = int.from_bytes(raw[:3], "big") - _TIMEF_INT_OFS
+        frac = int.from_bytes(raw[3:], "big")
+        if intpart < 0 and frac:
+            intpart += 1
+            frac -= 0x100 if fsp <= 2 else 0x10000
+        packed = (intpart << 24) + frac * _FRAC_SCALE[fsp]
+    else:
+        packed = int.from_bytes(raw, "big") - _TIMEF_OFS
+    sign = "-" if packed < 0 else ""
+    packed = abs(packed)
+    hms, us = packed >> 24, packed & 0xFFFFFF
+    return (
+        f"{sign}{(hms >> 12) % 1024:02d}:{(hms >> 6) % 64:02d}:{hms % 64:02d}{_fraction(us, fsp)}"
+    )
+
+
 def _read_frac(packet: Any, fsp: int) -> int:
     """Microseconds of a non-negative DATETIME2/TIMESTAMP2 fraction."""
-    if fsp == 0:
-        return 0
-    if fsp <= 2:
-        return packet.read(1)[0] * 10000
-    if fsp <= 4:
-        return int.from_bytes(packet.read(2), "big") * 100
-    return int.from_bytes(packet.read(3), "big")
+    return int.from_bytes(packet.read(FRAC_BYTES[fsp]), "big") * _FRAC_SCALE[fsp]
 
 
 def _read_string(self: RowsEvent, size: int, column: Any) -> bytes:
@@ -93,8 +154,7 @@ def _read_bit(self: RowsEvent, column: Any) -> int:
 
 
 def _read_date(self: RowsEvent) -> str:
-    v = self.packet.read_uint24()
-    return f"{v >> 9:04d}-{(v >> 5) & 15:02d}-{v & 31:02d}"
+    return date_text(self.packet.read_uint24())
 
 
 def _read_datetime(self: RowsEvent) -> str:
@@ -106,14 +166,7 @@ def _read_datetime(self: RowsEvent) -> str:
 
 
 def _read_datetime2(self: RowsEvent, column: Any) -> str:
-    packed = int.from_bytes(self.packet.read(5), "big") - _DATETIMEF_INT_OFS
-    us = _read_frac(self.packet, column.fsp)
-    ymd, hms = packed >> 17, packed & 0x1FFFF
-    ym = ymd >> 5
-    return (
-        f"{ym // 13:04d}-{ym % 13:02d}-{ymd & 31:02d} "
-        f"{hms >> 12:02d}:{(hms >> 6) & 63:02d}:{hms & 63:02d}{_fraction(us, column.fsp)}"
-    )
+    return datetime2_text(self.packet.read(5 + FRAC_BYTES[column.fsp]), column.fsp)
 
 
 def _read_time(self: RowsEvent) -> str:
@@ -124,45 +177,12 @@ def _read_time(self: RowsEvent) -> str:
 
 
 def _read_time2(self: RowsEvent, column: Any) -> str:
-    # Mirrors MySQL's my_time_packed_from_binary: negative values store the fraction
-    # complemented, so the integer part is shifted by one.
-    fsp = column.fsp
-    read = self.packet.read
-    if fsp == 0:
-        packed = (int.from_bytes(read(3), "big") - _TIMEF_INT_OFS) << 24
-    elif fsp <= 2:
-        intpart = int.from_bytes(read(3), "big") - _TIMEF_INT_OFS
-        frac = read(1)[0]
-        if intpart < 0 and frac:
-            intpart += 1
-            frac -= 0x100
-        packed = (intpart << 24) + frac * 10000
-    elif fsp <= 4:
-        intpart = int.from_bytes(read(3), "big") - _TIMEF_INT_OFS
-        frac = int.from_bytes(read(2), "big")
-        if intpart < 0 and frac:
-            intpart += 1
-            frac -= 0x10000
-        packed = (intpart << 24) + frac * 100
-    else:
-        packed = int.from_bytes(read(6), "big") - _TIMEF_OFS
-    sign = "-" if packed < 0 else ""
-    packed = abs(packed)
-    hms, us = packed >> 24, packed & 0xFFFFFF
-    return (
-        f"{sign}{(hms >> 12) % 1024:02d}:{(hms >> 6) % 64:02d}:{hms % 64:02d}{_fraction(us, fsp)}"
-    )
+    return time2_text(self.packet.read(3 + FRAC_BYTES[column.fsp]), column.fsp)
 
 
 def _add_fsp_to_time(self: RowsEvent, time: datetime.datetime, column: Any) -> str:
-    # Only TIMESTAMP2 reaches here once DATETIME2 is replaced. The seconds were read
-    # as a signed int; 0 is the zero TIMESTAMP (valid ones start at 1 second).
-    us = _read_frac(self.packet, column.fsp)
-    if time == _EPOCH:
-        return "0000-00-00 00:00:00" + _fraction(0, column.fsp)
-    if time < _EPOCH:
-        time += _TWO_POW_32
-    return f"{time:%Y-%m-%d %H:%M:%S}{_fraction(us, column.fsp)}"
+    # Only TIMESTAMP2 reaches here once DATETIME2 is replaced.
+    return timestamp_text(time, _read_frac(self.packet, column.fsp), column.fsp)
 
 
 def _read_type_values(self: TableMapEvent, length: int) -> list[list[bytes]]:

@@ -1,7 +1,8 @@
 """The border with python-mysql-replication: binlog events in, aesop change batches out.
 
-Nothing outside ``relay.binlog`` and ``relay.values`` imports pymysqlreplication. The reader
-runs in its own thread (the library blocks) and hands serialized batches to the loop.
+Nothing outside ``relay.binlog``, ``relay.decoder``, ``relay.values`` and
+``relay._pmr_patches`` imports pymysqlreplication. The reader runs in its own thread (the
+library blocks) and hands serialized batches to the loop.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pymysqlreplication.row_event import (
 from app.errors import DecodeError, PositionLostError, SourceError
 from app.settings import SourceSettings
 from relay import values
+from relay.decoder import RowDecoder, layout_key
 from relay.handoff import Batch, Change, Handoff
 from relay.include import TableFilter
 from relay.position import Position, scn_of
@@ -149,7 +151,10 @@ class BinlogReader:
         self._on_streaming = on_streaming
         self._stream: BinLogStreamReader | None = None
         self._wants = TableFilter.of(source)
-        self._converters: dict[tuple[Any, ...], Callable[[Any], dict[str, Any]]] = {}
+        self._decoders: dict[tuple[Any, ...], RowDecoder] = {}
+        # Per (db, table): the last table map's column list and its decoder, so that the
+        # layout key is only built when a new table map comes (once per transaction).
+        self._last_decoder: dict[tuple[str, str], tuple[Any, RowDecoder]] = {}
         self._ctl: pymysql.connections.Connection | None = None
         self._is_mariadb = False
 
@@ -295,15 +300,19 @@ class BinlogReader:
         event["txn"]["last"] = last
         batch.changes.append(Change(key, _dumps(event), event["scn"], event["row"]))
 
-    def _converter(self, event: Any) -> Callable[[Any], dict[str, Any]]:
+    def _decoder(self, event: Any) -> RowDecoder:
         columns = event.columns
-        signature = (event.schema, event.table, values.converter_key(columns))
-        convert = self._converters.get(signature)
-        if convert is None:
-            json_columns = self._json_columns(event.schema, event.table)
-            convert = values.row_converter(columns, json_columns=json_columns)
-            self._converters[signature] = convert
-        return convert
+        table = (event.schema, event.table)
+        last = self._last_decoder.get(table)
+        if last is not None and last[0] is columns:
+            return last[1]
+        signature = (*table, layout_key(columns))
+        decoder = self._decoders.get(signature)
+        if decoder is None:
+            json_columns = self._json_columns(*table)
+            decoder = self._decoders[signature] = RowDecoder(columns, json_columns)
+        self._last_decoder[table] = (columns, decoder)
+        return decoder
 
     def _json_columns(self, db: str, table: str) -> frozenset[str]:
         """MariaDB logs JSON as LONGTEXT: ask the server which columns are JSON.
@@ -327,33 +336,41 @@ class BinlogReader:
         pos = event.packet.log_pos - event.packet.event_size
         scn = scn_of(file, pos)
         op = OPS[kind]
-        convert = self._converter(event)
+        images = self._decoder(event).images(event, op)
         pk = event.primary_key
         pk_columns = (pk,) if isinstance(pk, str) and pk else tuple(pk or ())
-        source = {
-            "name": self.source.name,
-            "server_id": event.packet.server_id,
-            "db": db,
-            "table": table,
-            "file": file,
-            "pos": pos,
-            "gtid": txn.gtid,
-            "ts_ms": event.timestamp * 1000,
-        }
-        skip_through = self.skip_through
+        # Serialized once per event: every row of it carries the same source and key prefix.
+        source = orjson.Fragment(
+            orjson.dumps(
+                {
+                    "name": self.source.name,
+                    "server_id": event.packet.server_id,
+                    "db": db,
+                    "table": table,
+                    "file": file,
+                    "pos": pos,
+                    "gtid": txn.gtid,
+                    "ts_ms": event.timestamp * 1000,
+                }
+            )
+        )
+        # orjson.dumps({"db": db, "table": table, "pk": pk}) is key_head + dumps(pk) + b"}".
+        key_head = b'{"db":' + orjson.dumps(db) + b',"table":' + orjson.dumps(table) + b',"pk":'
+        skip_scn, skip_row = self.skip_through
         now_ms = int(self.clock() * 1000)
         # ``row`` numbers the events built from this rows event, which is more than its rows
         # when an update changes a primary key; the same bytes always number the same way.
         number = 0
-        for row in event.rows:
-            for op_, before, after, changed in _row_changes(op, row, convert, pk_columns):
+        for row_before, row_after in images:
+            for op_, before, after, changed in _row_changes(op, row_before, row_after, pk_columns):
                 row_number = number
                 number += 1
                 seq = txn.seq
                 txn.seq += 1
-                if (scn, row_number) <= skip_through:
+                if scn < skip_scn or (scn == skip_scn and row_number <= skip_row):
                     continue
                 image = before if after is None else after
+                assert image is not None
                 key_values = {name: image[name] for name in pk_columns} if pk_columns else None
                 change = {
                     "op": op_,
@@ -368,14 +385,14 @@ class BinlogReader:
                     "ts_ms": now_ms,
                 }
                 self._release(txn, batch, last=False)
-                txn.held = (change, _dumps({"db": db, "table": table, "pk": key_values}))
+                txn.held = (change, key_head + orjson.dumps(key_values) + b"}")
 
 
 Image = dict[str, Any]
 
 
 def _row_changes(
-    op: str, row: dict[str, Any], convert: Callable[[Any], Image], pk_columns: tuple[str, ...]
+    op: str, before: Image | None, after: Image | None, pk_columns: tuple[str, ...]
 ) -> list[tuple[str, Image | None, Image | None, list[str]]]:
     """The (op, before, after, changed) events of one row of a rows event.
 
@@ -384,11 +401,10 @@ def _row_changes(
     topic) would never learn that the row left.
     """
     if op == "c":
-        return [("c", None, convert(row["values"]), [])]
+        return [("c", None, after, [])]
     if op == "d":
-        return [("d", convert(row["values"]), None, [])]
-    before = convert(row["before_values"])
-    after = convert(row["after_values"])
+        return [("d", before, None, [])]
+    assert before is not None and after is not None
     if any(before[name] != after[name] for name in pk_columns):
         return [("d", before, None, []), ("c", None, after, [])]
     return [

@@ -18,7 +18,16 @@ from relay._pmr_patches import text_decoder
 if TYPE_CHECKING:
     from pymysqlreplication.column import Column
 
-__all__ = ["convert_row", "converter_key", "mariadb_json_columns", "row_converter", "wkb_to_wkt"]
+__all__ = [
+    "convert_row",
+    "converter_key",
+    "float32",
+    "mariadb_json_columns",
+    "row_converter",
+    "set_converter",
+    "value_converter",
+    "wkb_to_wkt",
+]
 
 RowConverter = Callable[[Mapping[str, Any]], dict[str, Any]]
 ValueConverter = Callable[[Any], Any]
@@ -50,7 +59,7 @@ def row_converter(columns: Sequence[Column], *, json_columns: Collection[str] = 
     """Compile convert_row for one table map: dispatch on column types once, not per value."""
     names = [_column_name(column, i) for i, column in enumerate(columns)]
     plan = [
-        (name, _value_converter(column, name in json_columns))
+        (name, value_converter(column, name in json_columns))
         for name, column in zip(names, columns, strict=True)
     ]
 
@@ -92,7 +101,7 @@ def _column_name(column: Column, index: int) -> str:
     return column.name or f"UNKNOWN_COL{index}"
 
 
-def _value_converter(column: Column, is_json: bool) -> ValueConverter | None:
+def value_converter(column: Column, is_json: bool) -> ValueConverter | None:
     """The converter for one column's non-NULL values; None where the value is final."""
     kind = column.type
     if kind in _IDENTITY_TYPES:
@@ -100,13 +109,13 @@ def _value_converter(column: Column, is_json: bool) -> ValueConverter | None:
     if kind == FIELD_TYPE.YEAR:
         return _year
     if kind == FIELD_TYPE.FLOAT:
-        return _float32
+        return float32
     if kind == FIELD_TYPE.NEWDECIMAL:
         return _decimal
     if kind in _STRING_TYPES:
         return _string_converter(column, is_json)
     if kind == FIELD_TYPE.SET:
-        return _set_converter(column.set_values or [])
+        return set_converter(column.set_values or [])
     if kind == FIELD_TYPE.TIMESTAMP:
         return _timestamp_v1
     if kind == FIELD_TYPE.JSON:
@@ -149,7 +158,7 @@ def _year(value: int) -> int:
     return 0 if value == 1900 else value
 
 
-def _float32(value: float) -> float:
+def float32(value: float) -> float:
     """The shortest decimal that reads back as the same FLOAT: 1.1, not 1.100000023841858.
 
     Up to 6 significant digits this is also what SELECT shows; beyond that SELECT rounds
@@ -205,7 +214,7 @@ def _base64(value: bytes) -> str:
     return base64.b64encode(value).decode("ascii")
 
 
-def _set_converter(labels: Sequence[str]) -> ValueConverter:
+def set_converter(labels: Sequence[str]) -> ValueConverter:
     order = tuple(labels)
 
     def convert(value: Collection[str]) -> list[str]:

@@ -228,7 +228,7 @@ def test_clean_restarts_under_load_publish_each_change_once(workers, tmp_path, u
 def test_clean_stop_inside_a_large_transaction(workers, tmp_path, unique, database):
     create_numbers(database)
     relay = make_relay(workers, tmp_path, unique, database)
-    big = 50_000
+    big = 200_000  # several seconds of relaying, so that the stop lands inside it
     inside = 0
     for attempt in range(3):
         relay.run()
@@ -320,7 +320,7 @@ def test_a_checkpoint_resuming_at_a_rotate_keeps_the_last_gtid(workers, tmp_path
     Rotate into it, and carries the GTID of the transaction before it, not null."""
     create_numbers(database)
     relay = make_relay(workers, tmp_path, unique, database)
-    big = 50_000
+    big = 200_000
     for attempt in range(3):
         relay.run()
         sql(f"INSERT INTO numbers VALUES ({attempt * big + 1}, 'pre')", database=database)
