@@ -41,11 +41,14 @@ BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.05
 MIRROR_EVERY_S = 1.0
 STOP_TIMEOUT_S = 30.0
+PAUSE_STEP_S = 0.2
 OPS = frozenset("cudr")
 
 
-class Stopping(Exception):
-    """The worker is stopping while a batch waits on a transient error; it is not acked."""
+class Abandoned(Exception):
+    """A batch waiting on a transient error is given up because the worker stops or its
+    partitions are being revoked; it is not acked, so whoever owns them next reads it again
+    (and skips what was applied by ``(scn, row)``)."""
 
 
 class BadMessage(Exception):
@@ -185,13 +188,23 @@ class ConsumerRunner(Service):
             self._idle.clear()
             try:
                 await self.process(events)
-            except Stopping:
-                return
+            except Abandoned:
+                self._forget(events)
+                if self._stopping:
+                    return
+                continue
             else:
                 for event in events:
                     await stream.ack(event)
             finally:
                 self._idle.set()
+
+    def _forget(self, events: Sequence[Any]) -> None:
+        """Stop the app's consumer waiting for these events' acks, without acking them: a
+        rebalance waits for every event in hand, and an ack would commit their offsets."""
+        unacked = self.app.consumer._unacked_messages
+        for event in events:
+            unacked.discard(event.message)
 
     async def process(self, events: Sequence[Any]) -> None:
         """Apply one batch; returns only when every event is applied, skipped or dead-lettered."""
@@ -325,12 +338,16 @@ class ConsumerRunner(Service):
                 await self._pause(delay)
 
     async def _pause(self, delay: float) -> None:
-        """Sleep before a retry; raise Stopping if the worker stops meanwhile."""
-        if not self._stopping:
+        """Sleep before a retry; raise Abandoned if the worker stops or a rebalance starts."""
+        deadline = self.loop.time() + delay
+        while True:
+            if self._stopping or self.app.rebalancing:
+                raise Abandoned()
+            left = deadline - self.loop.time()
+            if left <= 0:
+                return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_requested.wait(), delay)
-        if self._stopping:
-            raise Stopping()
+                await asyncio.wait_for(self._stop_requested.wait(), min(left, PAUSE_STEP_S))
 
     async def _dead_letter(self, key: bytes | None, value: bytes | None, where: Any,
                            error: BaseException) -> None:  # fmt: skip

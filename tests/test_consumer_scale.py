@@ -36,7 +36,11 @@ from tests.test_mysql_handler import (
     create_schema,
     local_data,  # noqa: F401  (a fixture replica uses)
     replica,  # noqa: F401  (fixture)
+    restart,
+    retry_lines,
+    rows_of,
 )
+from tests.test_preflight import start_private_server
 from tests.test_relay import in_one_transaction, server_id
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
@@ -181,3 +185,54 @@ def test_workers_share_a_consumer_and_take_over_from_a_killed_one(
     assert took_over_s < SESSION_TIMEOUT_S + 20, took_over_s
     assert second.proc.poll() is None and third.proc.poll() is None
     assert "relay shop: reading" in second.log() + third.log(), "the relay moved on too"
+
+
+def test_a_rebalance_while_the_replica_is_down_applies_nothing_stale(
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    database: str,
+    replica: str,  # noqa: F811
+) -> None:
+    """A worker retrying a batch whose partitions move to another worker must not write it
+    after the new owner has written newer changes of the same rows."""
+    server = start_private_server(tmp_path / "replica")
+    target = {"host": "127.0.0.1", "port": server.port, "user": "root"}
+    try:
+        create_schema(mysql_url().connect_args(), database, TABLES)
+        create_schema(target, replica, TABLES)
+        topic, consumer = f"aesop.t{unique}", f"t{unique}-replica"
+        spec = SourceSpec("shop", [f"{database}.*"], server_id(), master_position(), topic)
+        config = write_config(
+            tmp_path / "aesop.toml",
+            app_id=f"t{unique}",
+            sources=[spec],
+            extra=consumer_toml(consumer, topic, f"{server.url()}/{replica}"),
+            partitions=PARTITIONS,
+        )
+        env = {"AESOP_SESSION_TIMEOUT": str(SESSION_TIMEOUT_S)}
+        first = workers.start(config, {**env, "AESOP_WEB_PORT": str(free_port())})
+        first.wait_for_log("relay shop: reading")
+        sql(
+            "INSERT INTO items VALUES " + ",".join(f"({i}, 'v0', 0)" for i in range(40)),
+            database=database,
+        )
+        assert_converges((mysql_url().connect_args(), database), (target, replica), 60)
+        server.stop()
+        sql("UPDATE items SET name = 'v1', qty = 1", database=database)
+        wait_until(lambda: len(retry_lines(first, consumer)) >= 2, 60, "retries")
+        second = workers.start(config, {**env, "AESOP_WEB_PORT": str(free_port())})
+        # The rebalance must not wait for the batch in retry: the group shares the partitions
+        # well within the session timeout, and the first worker stays a member.
+        shared_by(consumer, topic, members=2)
+        assert "member_id was not recognized" not in first.log()
+        sql("UPDATE items SET name = 'v2', qty = 2", database=database)
+        time.sleep(3)
+        server = restart(server)
+        tables = assert_converges((mysql_url().connect_args(), database), (target, replica), 60)
+        time.sleep(SESSION_TIMEOUT_S + 2)  # a stale batch written late would show now
+        assert rows_of(target, replica) == tables
+        assert first.proc.poll() is None
+    finally:
+        server.stop()
+    assert second.proc.poll() is None
