@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,12 +113,65 @@ def wait_for_relay(worker: subprocess.Popen[bytes], timeout: float = 90) -> None
     sys.exit(f"demo: the relay did not start within {timeout:.0f}s; see {LOG}")
 
 
+async def _delete_topics(prefixes: tuple[str, ...]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
+    await admin.start()
+    try:
+        found = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        if found:
+            await admin.delete_topics(found)
+        for _ in range(100):
+            if not set(found) & set(await admin.list_topics()):
+                return
+            await asyncio.sleep(0.3)
+    finally:
+        await admin.close()
+
+
+def reset_state() -> None:
+    """Start from scratch, as the sample database is: the demo's topics (their committed
+    offsets go with them), its checkpoint in ZooKeeper and its local table data."""
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import NoNodeError
+
+    asyncio.run(_delete_topics((TOPIC, "aesop-demo-", "shop-replica")))
+    zk = KazooClient(hosts="127.0.0.1:2181")
+    zk.start(timeout=15)
+    try:
+        zk.delete("/aesop-demo", recursive=True)
+    except NoNodeError:
+        pass
+    finally:
+        zk.stop()
+        zk.close()
+    shutil.rmtree(ROOT / ".stack" / "aesop-demo-data", ignore_errors=True)
+
+
+def checksums(database: str) -> dict[str, int]:
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CHECKSUM TABLE {database}.customers, {database}.orders")
+        return {name.split(".")[1]: value for name, value in cur.fetchall()}
+
+
+def compare_replica(timeout: float = 30) -> str:
+    """Wait for the consumer shop-replica to make demo_replica equal to demo_shop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if checksums("demo_shop") == checksums("demo_replica"):
+            return "the consumer shop-replica made demo_replica equal to demo_shop"
+        time.sleep(0.5)
+    return f"demo_replica still differs from demo_shop after {timeout:.0f}s; see {LOG}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60, help="how long to run (default 60)")
     parser.add_argument("--rate", type=float, default=10, help="changes per second (default 10)")
     args = parser.parse_args()
 
+    reset_state()
     create_schema()
     LOG.parent.mkdir(exist_ok=True)
     env = {**os.environ, "AESOP_CONFIG": str(CONFIG)}
@@ -142,7 +196,10 @@ def main() -> int:
         started = time.monotonic()
         load.start()
         seen = asyncio.run(show_events(args.seconds, started))
-        print(f"demo: {seen} change events in {args.seconds:.0f}s; stopping the worker")
+        stop.set()
+        load.join()
+        print(f"demo: {seen} change events in {args.seconds:.0f}s; {compare_replica()}")
+        print("demo: stopping the worker")
     except KeyboardInterrupt:
         print("demo: interrupted; stopping the worker")
     finally:

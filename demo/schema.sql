@@ -1,4 +1,5 @@
--- The demo's sample database, recreated on every run: a small shop.
+-- The demo's sample database, recreated on every run: a small shop, and its replica
+-- (demo_replica, kept equal by the consumer "shop-replica").
 DROP DATABASE IF EXISTS demo_shop;
 CREATE DATABASE demo_shop CHARACTER SET utf8mb4;
 USE demo_shop;
@@ -20,3 +21,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
   id BIGINT PRIMARY KEY AUTO_INCREMENT,
   note VARCHAR(255)
 );
+DROP DATABASE IF EXISTS demo_replica;
+CREATE DATABASE demo_replica CHARACTER SET utf8mb4;
+CREATE TABLE demo_replica.customers LIKE demo_shop.customers;
+CREATE TABLE demo_replica.orders LIKE demo_shop.orders;
