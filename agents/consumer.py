@@ -173,11 +173,39 @@ class ConsumerRunner(Service):
         await self.handler.stop()
 
     async def _commit(self) -> None:
-        """Commit the acked offsets now (the app's own stop may find its consumer stopping)."""
+        """Commit the acked offsets now (the app's own stop may find its consumer stopping).
+
+        Faust's commit returns without committing when another commit is under way (its
+        periodic one), so commit until nothing acked is left uncommitted, a few times at most.
+        """
+        consumer = self.app.consumer
         try:
-            await self.app.consumer.commit()
+            for _ in range(5):
+                await consumer.commit()
+                if not self._uncommitted(consumer):
+                    break
+                await asyncio.sleep(0.1)
         except Exception as exc:  # the next owner re-reads and skips by (scn, row)
             log.warning("consumer %s: offsets not committed at stop (%s)", self.name, exc)
+            return
+        left = self._uncommitted(consumer)
+        if left:
+            log.warning("consumer %s: offsets not committed at stop: %s", self.name, left)
+        committed = {
+            f"{tp.topic}/{tp.partition}": offset
+            for tp, offset in sorted(consumer._committed_offset.items())
+            if offset
+        }
+        log.info("consumer %s: stopping at committed offsets %s", self.name, committed)  # fmt: skip
+
+    @staticmethod
+    def _uncommitted(consumer: Any) -> dict[Any, int]:
+        """Acked offsets beyond the committed ones, per partition (Faust's own bookkeeping)."""
+        left = {}
+        for tp, acked in consumer._acked.items():
+            if acked and (consumer._committed_offset[tp] or 0) <= max(acked):
+                left[tp] = max(acked) + 1
+        return left
 
     # -- the agent --------------------------------------------------------------------
 
@@ -300,7 +328,7 @@ class ConsumerRunner(Service):
             self._dirty.add(tp)
             if now - self._mirrored_at.get(tp, 0.0) >= MIRROR_EVERY_S:
                 self._publish(tp)
-        await asyncio.gather(*sends)
+        await asyncio.shield(asyncio.gather(*sends))  # a cancelled wait must not cancel sends
 
     @staticmethod
     def _document(change: Change) -> dict[str, Any]:

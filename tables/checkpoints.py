@@ -7,6 +7,7 @@ active is the one that runs the source's reader.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
@@ -53,5 +54,8 @@ class CheckpointStore:
         """Write to the table's changelog and wait for Kafka's ack; then mirror, lazily."""
         document = checkpoint.to_json()
         self.table.data[source_name] = document
-        await self.table.send_changelog(partition_of(source_name), source_name, document)
+        sent = self.table.send_changelog(partition_of(source_name), source_name, document)
+        # Shielded: a cancelled saver must not cancel the send (Faust then fails to set its
+        # result, with a traceback); the relay saves again after cancelling it.
+        await asyncio.shield(sent)
         self.zk.publish(relay_path(source_name), document)

@@ -177,6 +177,7 @@ def test_republished_changes_are_skipped_and_counted(
     expected = 1 + workload(database, "items")
     wait_until(lambda: len(records(out)) >= expected, timeout=90, what="every change handled")
     assert worker.stop() == 0
+    assert "Traceback" not in worker.log(), "a clean stop under way logs no traceback"
 
     # As after a relay crash: the relay table is lost and ZooKeeper holds an old checkpoint,
     # so the relay publishes everything after it a second time.
@@ -200,19 +201,21 @@ def test_republished_changes_are_skipped_and_counted(
     assert len(ids) > len(set(ids)), "the relay published a range again"
     republished = len(ids) - len(set(ids))
     wait_until(lambda: len(records(out)) >= expected, timeout=60, what="the new change handled")
-    skipped = wait_until(
-        lambda: sum(
+
+    def skipped() -> int:
+        return sum(
             int(line.split("skipped ")[1].split()[0])
             for line in worker.log().splitlines()
             if "already applied" in line
-        ),
-        timeout=30,
-        what="a log line counting skipped changes",
-    )
+        )
+
+    # Every re-published change is skipped (and counted); Kafka may also have redelivered
+    # some applied ones (Faust can fetch before it seeks to the committed offsets): skipped too.
+    wait_until(lambda: skipped() >= republished, 30, "log lines counting the skipped changes")
     seen = [identity(e) for e in records(out)]
     assert sorted(seen) == sorted(set(ids)), "the handler saw every change exactly once"
-    assert skipped == republished
     assert worker.stop() == 0
+    assert "Traceback" not in worker.log()
 
 
 async def _produce(topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
