@@ -175,13 +175,18 @@ class Stack:
         self.root = root
 
     def run(self, action: str, service: str) -> None:
-        subprocess.run(
+        done = subprocess.run(
             ["bash", str(self.root / "docker" / "stack.sh"), action, service],
-            check=True,
             stdin=subprocess.DEVNULL,
             capture_output=True,
+            text=True,
             timeout=180,
         )
+        if done.returncode != 0:
+            raise AssertionError(
+                f"docker/stack.sh {action} {service} exited {done.returncode}:\n"
+                f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            )
 
     def log_tails(self) -> list[tuple[str, str]]:
         sections = []
