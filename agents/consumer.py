@@ -24,11 +24,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-import faust
 import orjson
 from mode import Service
 
 from agents.handlers import Change, EventFailed, Handler, build_handler
+from agents.safeack import StaleSafeApp
 from app.errors import AesopError
 from app.partitioner import partition_for_key
 from app.retry import RECONNECT
@@ -108,7 +108,7 @@ class ConsumerRunner(Service):
         self.consumer = consumer
         self.mirror = mirror
         self.stats = Stats()
-        self.app = faust.App(
+        self.app = StaleSafeApp(
             consumer.name,
             broker=settings.kafka,
             store="memory://",
@@ -141,6 +141,7 @@ class ConsumerRunner(Service):
         self._fallback: dict[tuple[str, int], dict[str, Any] | None] = {}
         self._warned_sources: set[tuple[str, int]] = set()
         self._stopping = False
+        self._abandoned_generation: int | None = None
         self._stop_requested = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -212,7 +213,18 @@ class ConsumerRunner(Service):
     async def _agent(self, stream: Any) -> None:
         async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
             if self._stopping:
+                self._forget(events)
                 return  # not acked: the next owner of these partitions gets them again
+            if self._abandoned_generation is not None:
+                # Fetched in the assignment whose batch was abandoned: processing them would
+                # pass that batch by. The rebalance seeks every partition to its committed
+                # offset, so they come again, after it.
+                stale = [e for e in events if e.message.generation_id == self._abandoned_generation]
+                if stale:
+                    self._forget(stale)
+                    events = [e for e in events if e not in stale]
+                    if not events:
+                        continue
             self._idle.clear()
             try:
                 await self.process(events)
@@ -220,9 +232,12 @@ class ConsumerRunner(Service):
                 self._forget(events)
                 if self._stopping:
                     return
+                self._abandoned_generation = events[0].message.generation_id
                 continue
             else:
+                applied = self.app.consumer.applied
                 for event in events:
+                    applied.add(id(event.message))
                     await stream.ack(event)
             finally:
                 self._idle.set()

@@ -116,7 +116,13 @@ def assert_converges(
     except AssertionError:
         want, got = last
         for table in sorted(set(want) | set(got)):
-            assert got.get(table) == want.get(table), f"table {table} differs"
+            source_rows = set(map(repr, want.get(table, [[]])[0]))
+            replica_rows = set(map(repr, got.get(table, [[]])[0]))
+            assert got.get(table) == want.get(table), (
+                f"table {table} differs: only in the source "
+                f"{sorted(source_rows - replica_rows)[:10]}"
+                f", only in the replica {sorted(replica_rows - source_rows)[:10]}"
+            )
         raise
     return last[0]  # type: ignore[no-any-return]
 
