@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from faust.types import TP
 from mode import Service
 
 from agents.handlers import Change, EventFailed, Handler, build_handler
@@ -142,6 +143,11 @@ class ConsumerRunner(Service):
         self._warned_sources: set[tuple[str, int]] = set()
         self._stopping = False
         self._abandoned_generation: int | None = None
+        # Per partition, the offset that must come next. Faust may drop messages around a
+        # rebalance (they come again after a seek) and hand over later ones first: applying
+        # those would pass the dropped ones by, and (scn, row) would then skip them for good.
+        self._next: dict[tuple[str, int], int] = {}
+        self._seeking: set[tuple[str, int]] = set()
         self._stop_requested = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -227,7 +233,7 @@ class ConsumerRunner(Service):
                         continue
             self._idle.clear()
             try:
-                await self.process(events)
+                held_back = await self.process(events)
             except Abandoned:
                 self._forget(events)
                 if self._stopping:
@@ -235,6 +241,10 @@ class ConsumerRunner(Service):
                 self._abandoned_generation = events[0].message.generation_id
                 continue
             else:
+                if held_back:
+                    self._forget(held_back)
+                    held = {id(e) for e in held_back}
+                    events = [e for e in events if id(e) not in held]
                 applied = self.app.consumer.applied
                 for event in events:
                     applied.add(id(event.message))
@@ -249,15 +259,20 @@ class ConsumerRunner(Service):
         for event in events:
             unacked.discard(event.message)
 
-    async def process(self, events: Sequence[Any]) -> None:
-        """Apply one batch; returns only when every event is applied, skipped or dead-lettered."""
+    async def process(self, events: Sequence[Any]) -> list[Any]:
+        """Apply one batch; returns when every event is applied, skipped or dead-lettered,
+        but for those held back (out of sequence: to be read again, not to be acked)."""
         self.stats.consumed += len(events)
         changes: list[Change] = []
         skipped = 0
         last: dict[tuple[str, int], dict[str, Any]] = {}
+        held_back: list[Any] = []
         for event in events:
             message = event.message
             tp = (message.topic, message.partition)
+            if not await self._in_sequence(tp, message.offset):
+                held_back.append(event)
+                continue
             try:
                 parsed = parse(message.value)
             except BadMessage as exc:
@@ -281,6 +296,28 @@ class ConsumerRunner(Service):
                 self.name, skipped, self.stats.skipped,
             )  # fmt: skip
         await self._apply(changes)
+        return held_back
+
+    async def _in_sequence(self, tp: tuple[str, int], offset: int) -> bool:
+        """Whether this offset may be processed now: the next one, or an older one again."""
+        expected = self._next.get(tp)
+        if expected is None:
+            document = await self._position(tp)
+            if document is not None and "offset" in document:
+                expected = int(document["offset"]) + 1
+        if expected is not None and offset > expected:
+            if tp not in self._seeking:
+                self._seeking.add(tp)
+                log.warning(
+                    "consumer %s: %s/%d offset %d came before %d; reading again from %d",
+                    self.name, tp[0], tp[1], offset, expected, expected,
+                )  # fmt: skip
+                await self.app.consumer.seek(TP(tp[0], tp[1]), expected)
+            self._next[tp] = expected
+            return False
+        self._seeking.discard(tp)
+        self._next[tp] = offset + 1
+        return True
 
     def _already_applied(
         self, tp: tuple[str, int], position: dict[str, Any], event: dict[str, Any]
@@ -448,4 +485,6 @@ class ConsumerRunner(Service):
         self._publish_all()
         for tp in revoked:
             self._fallback.pop((tp.topic, tp.partition), None)
+            self._next.pop((tp.topic, tp.partition), None)
+            self._seeking.discard((tp.topic, tp.partition))
         await self.mirror.flush(timeout=5.0)
