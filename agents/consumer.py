@@ -1,17 +1,23 @@
 """A ``[[consumer]]``: a Faust app of its own (its id, and so its Kafka consumer group, is the
 consumer's name), hosted by the aesop worker, with one agent over the consumer's topics.
 
-Per batch of events the agent:
-1. parses each message; one that is not JSON or not a change event goes to ``<name>.dlq``;
-2. skips each event at or below the last applied ``(scn, row)`` of its topic partition
+The agent takes the consumer's messages a fetch round at a time (``agents.fetch``), in
+batches of at most ``BATCH_MAX``. Per batch it:
+1. checks each partition's offsets run on from the last one processed (else it seeks back:
+   nothing is passed by);
+2. checks each message is a change event (``agents.event``); one that is not goes to
+   ``<name>.dlq``;
+3. skips each event at or below the last applied ``(scn, row)`` of its topic partition
    (a relay re-publishes after a crash; the identity tells a re-publish from a new change);
-3. hands the rest to the handler in order, retrying a transient failure with backoff (the
+4. hands the rest to the handler in order, retrying a transient failure with backoff (the
    partition waits: no change is skipped or reordered) and dead-lettering a change the
    handler rejects;
-4. records the last applied ``(scn, row)`` per partition in the changelog-backed table
-   ``<name>-applied`` (waiting for Kafka's ack), then acks the events so their offsets commit.
-The table is mirrored to ZooKeeper at ``<zk_root>/consumers/<name>/<topic>/<partition>``
-about once a second per busy partition, and on every rebalance and clean stop.
+5. records the last applied ``(scn, row)`` and the offset processed per partition in the
+   changelog-backed table ``<name>-applied``, waiting for Kafka's ack.
+Processed offsets are committed to the group about once a second, on every rebalance and at
+a clean stop; the table is mirrored to ZooKeeper at
+``<zk_root>/consumers/<name>/<topic>/<partition>`` about once a second per busy partition,
+and on every rebalance and clean stop.
 """
 
 from __future__ import annotations
@@ -21,15 +27,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from faust.types import TP
 from mode import Service
 
-from agents.handlers import Change, EventFailed, Handler, build_handler
-from agents.safeack import StaleSafeApp
+from agents.event import BadMessage, Change, decode_head, parse
+from agents.fetch import Round, RoundApp
+from agents.handlers import EventFailed, Handler, build_handler
 from app.errors import AesopError
 from app.partitioner import partition_for_key
 from app.retry import RECONNECT
@@ -38,45 +43,21 @@ from tables.zookeeper import ZooKeeperMirror, ZooKeeperUnavailable
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 1000
-BATCH_WITHIN_S = 0.05
+BATCH_MAX = 4000  # records per fetch round, so per batch handed to the handler
+QUEUED_ROUNDS = 2  # fetch rounds queued for the agent before the fetcher waits
 MIRROR_EVERY_S = 1.0
+COMMIT_EVERY_S = 1.0
 STOP_TIMEOUT_S = 30.0
+REVOKE_TIMEOUT_S = 10.0
 PAUSE_STEP_S = 0.2
-OPS = frozenset("cudr")
+
+__all__ = ["BadMessage", "ConsumerRunner", "parse"]
 
 
 class Abandoned(Exception):
     """A batch waiting on a transient error is given up because the worker stops or its
     partitions are being revoked; it is not acked, so whoever owns them next reads it again
     (and skips what was applied by ``(scn, row)``)."""
-
-
-class BadMessage(Exception):
-    """A consumed message that is not a change event."""
-
-
-def parse(value: bytes | None) -> dict[str, Any]:
-    """The change event in a message value, or BadMessage saying why it is not one."""
-    if value is None:
-        raise BadMessage("null value (tombstone); expected a change event")
-    try:
-        event = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage(f"not JSON: {exc}") from None
-    if not isinstance(event, dict):
-        raise BadMessage(f"not a change event: a JSON {type(event).__name__}, not an object")
-    if event.get("op") not in OPS:
-        raise BadMessage(f"not a change event: op is {event.get('op')!r}, not c/u/d/r")
-    scn, row = event.get("scn"), event.get("row")
-    if type(scn) is not int or type(row) is not int:
-        raise BadMessage("not a change event: scn and row must be integers")
-    source = event.get("source")
-    if not isinstance(source, dict) or not all(
-        isinstance(source.get(k), str) for k in ("name", "db", "table")
-    ):
-        raise BadMessage("not a change event: source must have name, db and table")
-    return event
 
 
 def applied_key(topic: str, partition: int) -> str:
@@ -109,7 +90,7 @@ class ConsumerRunner(Service):
         self.consumer = consumer
         self.mirror = mirror
         self.stats = Stats()
-        self.app = StaleSafeApp(
+        self.app = RoundApp(
             consumer.name,
             broker=settings.kafka,
             store="memory://",
@@ -119,11 +100,14 @@ class ConsumerRunner(Service):
             loop=self.loop,
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=settings.session_timeout,
+            broker_max_poll_records=BATCH_MAX,
             producer_acks=-1,
             producer_partitioner=partition_for_key,
             producer_linger_ms=5,
         )
-        self.topic = self.app.topic(*consumer.topics, key_serializer="raw", value_serializer="raw")
+        self.topic = self.app.round_topic(
+            *consumer.topics, key_serializer="raw", value_serializer="raw", maxsize=QUEUED_ROUNDS
+        )
         self.dlq = self.app.topic(
             f"{consumer.name}.dlq",
             partitions=settings.partitions,
@@ -137,17 +121,19 @@ class ConsumerRunner(Service):
             help="Last applied change per topic partition: {scn, row, offset, ts_ms, source}.",
         )
         self.handler: Handler = build_handler(settings, consumer, self.app)
-        self._mirrored_at: dict[tuple[str, int], float] = {}
-        self._dirty: set[tuple[str, int]] = set()
-        self._fallback: dict[tuple[str, int], dict[str, Any] | None] = {}
-        self._warned_sources: set[tuple[str, int]] = set()
+        self._mirrored_at: dict[TP, float] = {}
+        self._dirty: set[TP] = set()
+        self._fallback: dict[TP, dict[str, Any] | None] = {}
+        self._warned_sources: set[TP] = set()
         self._stopping = False
         self._abandoned_generation: int | None = None
-        # Per partition, the offset that must come next. Faust may drop messages around a
-        # rebalance (they come again after a seek) and hand over later ones first: applying
-        # those would pass the dropped ones by, and (scn, row) would then skip them for good.
-        self._next: dict[tuple[str, int], int] = {}
-        self._seeking: set[tuple[str, int]] = set()
+        # Per partition: the offset that must come next (nothing is passed by), the fetch
+        # serial at which a seek back to it was made, the next offset to commit (everything
+        # before it is applied, skipped or dead-lettered) and the last one committed.
+        self._next: dict[TP, int] = {}
+        self._sought: dict[TP, int] = {}
+        self._processed: dict[TP, int] = {}
+        self._committed: dict[TP, int] = {}
         self._stop_requested = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -166,128 +152,105 @@ class ConsumerRunner(Service):
         await self.add_runtime_dependency(self.app)
 
     async def on_stop(self) -> None:
-        # Before the app (and its agent) stops: let the batch in hand finish, so that its
-        # events are acked and their offsets committed by the app's own stop.
+        # Before the app (and its agent) stops: let the batch in hand finish, then commit.
         self._stopping = True
         self._stop_requested.set()
         try:
             await asyncio.wait_for(self._idle.wait(), STOP_TIMEOUT_S)
         except TimeoutError:
             log.warning("consumer %s: a batch was still being applied at stop", self.name)
+        for _ in range(5):
+            if await self._commit():
+                break
+            await asyncio.sleep(0.2)
         else:
-            await self._commit()
+            log.warning(
+                "consumer %s: offsets not committed at stop; the next owner reads from the "
+                "last committed ones and skips what was applied", self.name,
+            )  # fmt: skip
+        committed = {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(self._committed.items())}
+        log.info("consumer %s: stopping at committed offsets %s", self.name, committed)  # fmt: skip
         self._publish_all()
         await self.handler.stop()
 
-    async def _commit(self) -> None:
-        """Commit the acked offsets now (the app's own stop may find its consumer stopping).
+    async def _commit(self) -> bool:
+        """Commit the offsets processed since the last commit; whether that worked."""
+        todo = {tp: o for tp, o in self._processed.items() if self._committed.get(tp) != o}
+        if not todo:
+            return True
+        error = await self.app.consumer.commit_offsets(todo)
+        if error is not None:
+            log.info("consumer %s: offsets not committed (%s); retrying", self.name, error)
+            return False
+        self._committed.update(todo)
+        return True
 
-        Faust's commit returns without committing when another commit is under way (its
-        periodic one), so commit until nothing acked is left uncommitted, a few times at most.
-        """
-        consumer = self.app.consumer
-        try:
-            for _ in range(5):
-                await consumer.commit()
-                if not self._uncommitted(consumer):
-                    break
-                await asyncio.sleep(0.1)
-        except Exception as exc:  # the next owner re-reads and skips by (scn, row)
-            log.warning("consumer %s: offsets not committed at stop (%s)", self.name, exc)
-            return
-        left = self._uncommitted(consumer)
-        if left:
-            log.warning("consumer %s: offsets not committed at stop: %s", self.name, left)
-        committed = {
-            f"{tp.topic}/{tp.partition}": offset
-            for tp, offset in sorted(consumer._committed_offset.items())
-            if offset
-        }
-        log.info("consumer %s: stopping at committed offsets %s", self.name, committed)  # fmt: skip
-
-    @staticmethod
-    def _uncommitted(consumer: Any) -> dict[Any, int]:
-        """Acked offsets beyond the committed ones, per partition (Faust's own bookkeeping)."""
-        left = {}
-        for tp, acked in consumer._acked.items():
-            if acked and (consumer._committed_offset[tp] or 0) <= max(acked):
-                left[tp] = max(acked) + 1
-        return left
+    @Service.timer(COMMIT_EVERY_S)
+    async def _commit_now_and_then(self) -> None:
+        if not (self._stopping or self.app.rebalancing):
+            await self._commit()
 
     # -- the agent --------------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> None:
-        async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
+        app = self.app
+        async for batch in stream:
             if self._stopping:
-                self._forget(events)
-                return  # not acked: the next owner of these partitions gets them again
-            if self._abandoned_generation is not None:
-                # Fetched in the assignment whose batch was abandoned: processing them would
-                # pass that batch by. The rebalance seeks every partition to its committed
-                # offset, so they come again, after it.
-                stale = [e for e in events if e.message.generation_id == self._abandoned_generation]
-                if stale:
-                    self._forget(stale)
-                    events = [e for e in events if e not in stale]
-                    if not events:
-                        continue
+                return  # not committed: the next owner of these partitions reads them again
+            if (
+                type(batch) is not Round
+                or batch.generation != app.consumer_generation_id
+                or batch.generation == self._abandoned_generation
+                or app.rebalancing
+                or not app.flow_control.is_active()
+            ):
+                # Fetched before a rebalance (or after a batch of its assignment was given
+                # up): the new assignment reads these partitions again from committed offsets.
+                continue
             self._idle.clear()
             try:
-                held_back = await self.process(events)
+                await self.process(batch)
             except Abandoned:
-                self._forget(events)
                 if self._stopping:
                     return
-                self._abandoned_generation = events[0].message.generation_id
-                continue
-            else:
-                if held_back:
-                    self._forget(held_back)
-                    held = {id(e) for e in held_back}
-                    events = [e for e in events if id(e) not in held]
-                applied = self.app.consumer.applied
-                for event in events:
-                    applied.add(id(event.message))
-                    await stream.ack(event)
+                self._abandoned_generation = batch.generation
             finally:
                 self._idle.set()
 
-    def _forget(self, events: Sequence[Any]) -> None:
-        """Stop the app's consumer waiting for these events' acks, without acking them: a
-        rebalance waits for every event in hand, and an ack would commit their offsets."""
-        unacked = self.app.consumer._unacked_messages
-        for event in events:
-            unacked.discard(event.message)
-
-    async def process(self, events: Sequence[Any]) -> list[Any]:
-        """Apply one batch; returns when every event is applied, skipped or dead-lettered,
-        but for those held back (out of sequence: to be read again, not to be acked)."""
-        self.stats.consumed += len(events)
+    async def process(self, batch: Round) -> None:
+        """Apply one fetch round; returns when every record in it is applied, skipped or
+        dead-lettered, but for those of a partition whose offsets did not run on (to be
+        read again after a seek)."""
         changes: list[Change] = []
+        ends: dict[TP, int] = {}
         skipped = 0
-        last: dict[tuple[str, int], dict[str, Any]] = {}
-        held_back: list[Any] = []
-        for event in events:
-            message = event.message
-            tp = (message.topic, message.partition)
-            if not await self._in_sequence(tp, message.offset):
-                held_back.append(event)
+        for tp, records in batch.records.items():
+            records = await self._in_sequence(tp, records, batch.serial)
+            if not records:
                 continue
-            try:
-                parsed = parse(message.value)
-            except BadMessage as exc:
-                await self._dead_letter(message.key, message.value, message, exc)
-                continue
-            change = Change(
-                parsed, message.key, message.value, message.topic, message.partition,
-                message.offset,
-            )  # fmt: skip
-            position = last.get(tp) or await self._position(tp)
-            if position is not None and self._already_applied(tp, position, parsed):
-                skipped += 1
-                continue
-            changes.append(change)
-            last[tp] = self._document(change)
+            self.stats.consumed += len(records)
+            document = await self._position(tp)
+            scn = row = source = None
+            if document is not None:
+                scn, row, source = document["scn"], document["row"], document.get("source")
+            topic, partition = tp.topic, tp.partition
+            for record in records:
+                value = record.value
+                try:
+                    head = decode_head(value)
+                except BadMessage as exc:
+                    await self._dead_letter(record.key, value, record, exc)
+                    continue
+                if scn is not None:
+                    if source is None or head.source.name == source:
+                        if head.scn < scn or (head.scn == scn and head.row <= row):
+                            skipped += 1
+                            continue
+                    else:
+                        self._warn_sources(tp)
+                scn, row, source = head.scn, head.row, head.source.name
+                changes.append(Change(head, record.key, value, topic, partition, record.offset))
+            ends[tp] = records[-1].offset
         if skipped:
             self.stats.skipped += skipped
             log.info(
@@ -295,45 +258,49 @@ class ConsumerRunner(Service):
                 "(scn, row) of their partition; %d in all)",
                 self.name, skipped, self.stats.skipped,
             )  # fmt: skip
-        await self._apply(changes)
-        return held_back
+        await self._apply(changes, ends)
 
-    async def _in_sequence(self, tp: tuple[str, int], offset: int) -> bool:
-        """Whether this offset may be processed now: the next one, or an older one again."""
+    async def _in_sequence(self, tp: TP, records: list[Any], serial: int) -> list[Any]:
+        """The records of a partition that may be processed now: all of them when they run
+        on from the offset expected next (or go back before it: read again, to be skipped),
+        none when they start after it (it was passed by: seek back to it)."""
         expected = self._next.get(tp)
         if expected is None:
             document = await self._position(tp)
-            if document is not None and "offset" in document:
+            if document is not None and document.get("offset") is not None:
                 expected = int(document["offset"]) + 1
-        if expected is not None and offset > expected:
-            if tp not in self._seeking:
-                self._seeking.add(tp)
-                log.warning(
-                    "consumer %s: %s/%d offset %d came before %d; reading again from %d",
-                    self.name, tp[0], tp[1], offset, expected, expected,
-                )  # fmt: skip
-                await self.app.consumer.seek(TP(tp[0], tp[1]), expected)
-            self._next[tp] = expected
-            return False
-        self._seeking.discard(tp)
-        self._next[tp] = offset + 1
-        return True
+        first = records[0].offset
+        if expected is not None and first > expected:
+            sought = self._sought.get(tp)
+            if sought is None or serial <= sought:
+                if sought is None:
+                    log.warning(
+                        "consumer %s: %s/%d offset %d came before %d; reading again from %d",
+                        self.name, tp.topic, tp.partition, first, expected, expected,
+                    )  # fmt: skip
+                await self.app.consumer.seek_now(tp, expected)
+                self._sought[tp] = self.app.consumer.fetches_started
+                return []
+            # Read again from there, and still not there: Kafka no longer has them.
+            log.warning(
+                "consumer %s: %s/%d offsets %d to %d are no longer in Kafka (retention or "
+                "compaction removed them); going on from %d",
+                self.name, tp.topic, tp.partition, expected, first - 1, first,
+            )  # fmt: skip
+        self._sought.pop(tp, None)
+        self._next[tp] = records[-1].offset + 1
+        return records
 
-    def _already_applied(
-        self, tp: tuple[str, int], position: dict[str, Any], event: dict[str, Any]
-    ) -> bool:
-        if position.get("source", event["source"]["name"]) != event["source"]["name"]:
-            if tp not in self._warned_sources:
-                self._warned_sources.add(tp)
-                log.warning(
-                    "consumer %s: %s/%d carries changes of several sources; re-published "
-                    "changes of one source cannot be told apart there",
-                    self.name, tp[0], tp[1],
-                )  # fmt: skip
-            return False
-        return (event["scn"], event["row"]) <= (position["scn"], position["row"])
+    def _warn_sources(self, tp: TP) -> None:
+        if tp not in self._warned_sources:
+            self._warned_sources.add(tp)
+            log.warning(
+                "consumer %s: %s/%d carries changes of several sources; re-published "
+                "changes of one source cannot be told apart there",
+                self.name, tp.topic, tp.partition,
+            )  # fmt: skip
 
-    async def _apply(self, changes: list[Change]) -> None:
+    async def _apply(self, changes: list[Change], ends: dict[TP, int]) -> None:
         delays = RECONNECT.delays()
         pending = changes
         while pending:
@@ -357,42 +324,48 @@ class ConsumerRunner(Service):
                 await self._pause(delay)
                 pending = pending[failure.index :]
                 continue
-            await self._record(pending)
-            return
+            break
+        await self._record(pending, ends)
 
-    async def _record(self, changes: Sequence[Change]) -> None:
-        """Store the last applied ``(scn, row)`` per partition; wait for the changelog's ack."""
-        if not changes:
-            return
-        last: dict[tuple[str, int], Change] = {}
+    async def _record(self, changes: list[Change], ends: dict[TP, int] | None = None) -> None:
+        """Store, per partition, the last applied ``(scn, row)`` and the last offset processed
+        (``ends``: skipped and dead-lettered records count); wait for the changelog's ack."""
+        last: dict[Any, Change] = {}
+        counts: Counter[tuple[Any, str]] = Counter()
         for change in changes:
             last[(change.topic, change.partition)] = change
-            source = change.event["source"]
-            self.stats.applied[(source["name"], f"{source['db']}.{source['table']}",
-                                change.event["op"])] += 1  # fmt: skip
+            counts[(change.head.source, change.head.op)] += 1
+        applied = self.stats.applied
+        for (source, op), count in counts.items():
+            applied[(source.name, f"{source.db}.{source.table}", op)] += count
+        offsets = {tp: change.offset for tp, change in last.items()}
+        if ends:
+            offsets.update(ends)
         sends = []
         now = time.monotonic()
-        for tp, change in last.items():
-            document = self._document(change)
-            key = applied_key(*tp)
-            self.applied.data[key] = document
-            sends.append(self.applied.send_changelog(tp[1], key, document))
-            self._dirty.add(tp)
-            if now - self._mirrored_at.get(tp, 0.0) >= MIRROR_EVERY_S:
-                self._publish(tp)
+        ts_ms = int(time.time() * 1000)
+        for key, offset in offsets.items():
+            tp = TP(*key)
+            name = applied_key(*key)
+            change = last.get(key)
+            if change is not None:
+                head = change.head
+                document = {"scn": head.scn, "row": head.row, "offset": offset, "ts_ms": ts_ms,
+                            "source": head.source.name}  # fmt: skip
+            else:
+                known = self.applied.data.get(name) or self._fallback.get(tp)
+                document = None if known is None else {**known, "offset": offset, "ts_ms": ts_ms}
+            if document is not None:
+                self.applied.data[name] = document
+                sends.append(self.applied.send_changelog(tp.partition, name, document))
+                self._dirty.add(tp)
+                if now - self._mirrored_at.get(tp, 0.0) >= MIRROR_EVERY_S:
+                    self._publish(tp)
         await asyncio.shield(asyncio.gather(*sends))  # a cancelled wait must not cancel sends
+        for key, offset in offsets.items():
+            self._processed[TP(*key)] = offset + 1
 
-    @staticmethod
-    def _document(change: Change) -> dict[str, Any]:
-        return {
-            "scn": change.event["scn"],
-            "row": change.event["row"],
-            "offset": change.offset,
-            "ts_ms": int(time.time() * 1000),
-            "source": change.event["source"]["name"],
-        }
-
-    async def _position(self, tp: tuple[str, int]) -> dict[str, Any] | None:
+    async def _position(self, tp: TP) -> dict[str, Any] | None:
         """Last applied position of a partition: the table, else the ZooKeeper mirror."""
         document = self.applied.data.get(applied_key(*tp))
         if document is not None:
@@ -401,7 +374,7 @@ class ConsumerRunner(Service):
             self._fallback[tp] = await self._mirrored(tp)
         return self._fallback[tp]
 
-    async def _mirrored(self, tp: tuple[str, int]) -> dict[str, Any] | None:
+    async def _mirrored(self, tp: TP) -> dict[str, Any] | None:
         if not self.mirror.enabled:
             return None
         delays = RECONNECT.delays()
@@ -482,9 +455,17 @@ class ConsumerRunner(Service):
         self._publish_all()
 
     async def _on_revoked(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        # Faust has stopped the flow: the batch in hand finishes (or, waiting on a transient
+        # error, is given up), then what was processed is committed while the partitions
+        # are still ours, and their positions are mirrored.
+        try:
+            await asyncio.wait_for(self._idle.wait(), REVOKE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("consumer %s: a batch was still being applied at rebalance", self.name)
+        await self._commit()
         self._publish_all()
         for tp in revoked:
-            self._fallback.pop((tp.topic, tp.partition), None)
-            self._next.pop((tp.topic, tp.partition), None)
-            self._seeking.discard((tp.topic, tp.partition))
+            for state in (self._fallback, self._next, self._sought, self._processed,
+                          self._committed):  # fmt: skip
+                state.pop(tp, None)
         await self.mirror.flush(timeout=5.0)

@@ -18,9 +18,9 @@ import asyncio
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from agents.event import Change
 from app.errors import ConfigError
 from app.settings import ConsumerSettings, Settings
 
@@ -42,16 +42,7 @@ class EventFailed(Exception):
         self.transient = transient
 
 
-@dataclass(slots=True)
-class Change:
-    """One consumed change event, parsed, with where it came from."""
-
-    event: dict[str, Any]
-    key: bytes | None
-    value: bytes
-    topic: str
-    partition: int
-    offset: int
+__all__ = ["TRANSIENT_ERRORS", "Change", "EventFailed", "Handler", "Transient", "build_handler"]
 
 
 class Handler:

@@ -38,11 +38,11 @@ class RouteHandler(Handler):
     async def apply(self, changes: Sequence[Change]) -> None:
         sent: list[tuple[int, Awaitable[Any]]] = []
         for index, change in enumerate(changes):
-            source = change.event["source"]
+            head = change.head
             try:
-                topic = await self._topic(f"{change.topic}.{source['db']}.{source['table']}")
+                topic = await self._topic(f"{change.topic}.{head.source.db}.{head.source.table}")
                 sent.append((index, await topic.send(key=change.key, value=change.value)))
-                if self.consumer.tombstones and change.event["op"] == "d":
+                if self.consumer.tombstones and head.op == "d":
                     sent.append((index, await topic.send(key=change.key, value=None)))
             except KafkaError as exc:
                 await self._settle(sent)

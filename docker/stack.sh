@@ -78,8 +78,11 @@ spawn() {
   pidfile="$(pidfile_of "$service")"
   shift 2
   rm -f "$pidfile"
+  # Every descriptor above 2 is closed first: a service must not keep open what the caller
+  # holds (a lock taken with flock(1) would stay held for as long as the service runs).
   # shellcheck disable=SC2016  # expanded by the inner bash
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$out" 2>&1 9>&- &
+  setsid bash -c 'for fd in /proc/$$/fd/*; do fd=${fd##*/}; ((fd > 2)) && eval "exec $fd>&-"; done
+    echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$out" 2>&1 &
   for ((i = 0; i < 50; i++)); do
     [[ -s "$pidfile" ]] && return 0
     sleep 0.1

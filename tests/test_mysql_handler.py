@@ -364,7 +364,7 @@ def change(op: str, table: str, key: Any, before: Any, after: Any, db: str = "sr
         "op": op, "source": {"name": "shop", "db": db, "table": table}, "scn": 1, "row": 0,
         "key": key, "before": before, "after": after,
     }  # fmt: skip
-    return Change(event, None, orjson.dumps(event), "aesop.shop", 0, 0)
+    return Change.of(orjson.dumps(event), "aesop.shop")
 
 
 def apply(url: MySQLURL, *changes: Change) -> EventFailed | None:

@@ -1,0 +1,208 @@
+"""The consumer apps' data path: whole fetch rounds, handed to the agent as they came.
+
+Faust hands each fetched message to its conductor one at a time (two tasks per message),
+decodes it into an Event, queues it for the stream and tracks it for acks and commits. It
+also keeps a per-partition read offset, set for messages it never delivered (a delivery
+cut short by a rebalance), which can make it drop the messages that follow a seek. For a
+consumer app, the :class:`RoundConsumer` instead puts each fetch round of the consumer's
+topics, as the aiokafka records per partition in offset order, into the topic's queue as
+one :class:`Round`, tagged with the group generation it was fetched in and a serial number.
+
+A round is only delivered when the generation was the same when its fetch started and when
+it returned, and the flow is active, so it was fetched at positions of the current
+assignment (Faust seeks to the committed offsets before it resumes the flow). Messages of
+any other topic (the applied table's changelog) take Faust's own per-message path, with
+its own rules (a changelog being recovered is not sought back: nothing of it may be lost).
+
+Nothing of a round is acked to Faust: the agent commits the offsets it processed itself
+(:meth:`RoundConsumer.commit_offsets`), and it finishes or gives up its batch in hand when
+partitions are revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+DELIVERY_WAIT_S = 0.002  # how often a fetched round looks for room in the agent's queue
+
+
+@dataclass(slots=True)
+class Round:
+    """The records of one fetch, per partition in offset order (aiokafka ConsumerRecords)."""
+
+    generation: int
+    serial: int  # fetches started before this one have smaller serials
+    records: dict[TP, list[Any]]
+
+
+class RoundTopic(faust.Topic):
+    """A topic whose messages reach its stream as :class:`Round` values."""
+
+
+class RoundConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, delivering the messages of a RoundTopic a round at a time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetches_started = 0
+
+    def _round_channel(self, tp: TP) -> RoundTopic | None:
+        channels = self.app.topics._tp_index.get(tp)  # type: ignore[attr-defined]
+        if channels and len(channels) == 1:
+            (channel,) = channels
+            if isinstance(channel, RoundTopic):
+                return channel
+        return None
+
+    def _fresh(self, generation: int) -> bool:
+        return self.flow_active and self.app.consumer_generation_id == generation
+
+    async def commit_offsets(self, offsets: Mapping[TP, int]) -> str | None:
+        """Commit these next-to-read offsets of the partitions still assigned; the error, if
+        the commit failed (Faust's own commit would crash the app on most errors)."""
+        thread = self._thread
+        return await thread.call_thread(_commit, thread._ensure_consumer(), offsets)  # type: ignore[no-any-return]
+
+    async def seek_now(self, tp: TP, offset: int) -> None:
+        """Seek a partition, in the consumer's own thread; fetches started after this
+        returns read from ``offset``."""
+        thread = self._thread
+        await thread.call_thread(_seek, thread._ensure_consumer(), tp, offset)
+
+    async def _deliver(self, queue: Any, batch: Round) -> None:
+        """Queue a round for the agent once it has room, unless the round goes stale first.
+
+        Not ``queue.put``: that waits for the app's flow control, which stays suspended while
+        a changelog is recovered, and this loop must go on delivering that changelog."""
+        flow_control = self.app.flow_control
+        while self._fresh(batch.generation) and flow_control.is_active():
+            if not queue.full():
+                queue.put_nowait(batch)
+                return
+            await asyncio.sleep(DELIVERY_WAIT_S)
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        # Faust's own Consumer._drain_messages and getmany, but for RoundTopic records.
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offsets = self._read_offset
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        to_message = self._to_message
+        track_end_offset = self.app.monitor.track_tp_end_offset
+        fetching = faust_consumer.CONSUMER_FETCHING
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(fetching)
+                started_in = self.app.consumer_generation_id
+                self.fetches_started += 1
+                serial = self.fetches_started
+                records, active_partitions = await self._wait_next_records(1.0)
+                await self.sleep(0)
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        self.log.warning(f"exception performing seek when flow not active {exc}")
+                    continue
+                generation = self.app.consumer_generation_id
+                # A round is only kept when fetched within one generation: one fetched
+                # across a rebalance is read again from the new assignment's positions.
+                # Other records (a changelog being recovered) are delivered as Faust does.
+                whole = started_in == generation
+                rounds: dict[RoundTopic, Round] = {}
+                for tp, tp_records in records.items():
+                    if not tp_records or not (
+                        active_partitions is None
+                        or tp in active_partitions
+                        or tp in self._buffered_partitions
+                    ):
+                        continue
+                    track_end_offset(tp, self.highwater(tp))
+                    channel = self._round_channel(tp)
+                    if channel is not None:
+                        if not whole:
+                            continue
+                        batch = rounds.get(channel)
+                        if batch is None:
+                            batch = rounds[channel] = Round(generation, serial, {})
+                        batch.records[tp] = tp_records
+                        continue
+                    for record in tp_records:  # Faust's own path, message by message
+                        if not self._fresh(generation):
+                            break
+                        message = to_message(tp, record)
+                        r_offset = read_offsets[tp]
+                        if r_offset is None or message.offset >= r_offset:
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                            if not self._fresh(generation):
+                                break  # cut short: not delivered, so not read either
+                            read_offsets[tp] = message.offset
+                for channel, batch in rounds.items():
+                    await self._deliver(channel.queue, batch)
+                unset_flag(fetching)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(fetching)
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: Mapping[TP, int]) -> str | None:
+    assigned = consumer.assignment()
+    todo = {}
+    for tp, offset in offsets.items():
+        partition = TopicPartition(tp.topic, tp.partition)
+        if partition in assigned:
+            todo[partition] = OffsetAndMetadata(offset, "")
+    if not todo:
+        return None
+    try:
+        await consumer.commit(todo)
+    except Exception as exc:  # a rebalance under way, the coordinator gone: commit later
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+async def _seek(consumer: AIOKafkaConsumer, tp: TP, offset: int) -> None:
+    consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+
+
+class RoundTransport(faust_aiokafka.Transport):
+    Consumer = RoundConsumer
+
+
+class RoundApp(faust.App):
+    """A Faust app whose consumer is a :class:`RoundConsumer`."""
+
+    def _new_transport(self) -> Any:
+        return RoundTransport(self.conf.broker_consumer, self)
+
+    def round_topic(self, *topics: str, **kwargs: Any) -> RoundTopic:
+        return RoundTopic(self, topics=topics, **kwargs)
