@@ -189,6 +189,9 @@ install_missing() {
   command -v mariadb-admin >/dev/null || pkgs+=(mariadb-client)
   [[ -f /usr/share/java/zookeeper.jar ]] || pkgs+=(zookeeper)
   command -v java >/dev/null || pkgs+=(default-jre-headless)
+  # Not services of the stack: the tests scrape a worker and check monitoring/ with them.
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || pkgs+=(prometheus)
+  command -v amtool >/dev/null || pkgs+=(prometheus-alertmanager)
   if [[ ! -f "$KAFKA_LIBS/$KAFKA_MARKER_JAR" ]] && ! command -v mvn >/dev/null; then
     pkgs+=(maven)
   fi
