@@ -2,7 +2,8 @@
 Prometheus' HTTP API must show our series with the values the workload implies (published and
 applied per table and op, a consumer held by a transient failure with its lag and retries,
 a dead letter, a skipped duplicate, a relay reconnect), Faust's own series, and the alert
-rules of monitoring/alerts.yml loaded."""
+rules of monitoring/alerts.yml loaded. The local stack's ZooKeeper (7000) and Kafka (JMX
+exporter, 7071) serve metrics too, and the same Prometheus scrapes them."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ from tests.support import (
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
+ZOOKEEPER_METRICS = "127.0.0.1:7000"
+KAFKA_METRICS = "127.0.0.1:7071"
+SLOW_JOBS = {"zookeeper", "kafka"}  # a JMX scrape takes a while: every 5 s, not every second
+
 
 class Prometheus:
     """A ``prometheus`` process of our own on 127.0.0.1, scraping the given targets every
@@ -51,7 +56,11 @@ class Prometheus:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ROOT / "monitoring" / "alerts.yml")],
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": targets}]}
+                {
+                    "job_name": job,
+                    "scrape_interval": "5s" if job in SLOW_JOBS else "1s",
+                    "static_configs": [{"targets": targets}],
+                }
                 for job, targets in jobs.items()
             ],
         }
@@ -188,7 +197,13 @@ def test_prometheus_scrapes_the_workers_series(
     before = dump_threads()
     env = {"AESOP_TEST_RECORD": str(tmp_path / "seen.jsonl"), "AESOP_TEST_GATE": str(gate)}
     worker = workers.start(config, env=env)
-    prometheus = prometheus_factory({"aesop": [f"127.0.0.1:{web_port}"]})
+    prometheus = prometheus_factory(
+        {
+            "aesop": [f"127.0.0.1:{web_port}"],
+            "zookeeper": [ZOOKEEPER_METRICS],
+            "kafka": [KAFKA_METRICS],
+        }
+    )
     worker.wait_for_log("relay shop: reading")
 
     items, orders = f"{database}.items", f"{database}.orders"
@@ -300,5 +315,39 @@ def test_prometheus_scrapes_the_workers_series(
     assert prometheus.query('process_resident_memory_bytes{job="aesop"}')
     rules = {rule["name"] for group in prometheus.api("rules")["groups"] for rule in group["rules"]}
     assert {"AesopWorkerDown", "AesopRelayLag", "AesopConsumerStalled"} <= rules
+    # The stack's own exporters, scraped by the same Prometheus.
+    eventually(
+        prometheus, 'up{job=~"zookeeper|kafka"}',
+        lambda r: by(r, "job") == {("zookeeper",): 1.0, ("kafka",): 1.0},
+        "ZooKeeper and Kafka scraped",
+    )  # fmt: skip
+    assert prometheus.query('znode_count{job="zookeeper"} > 0')
+    assert prometheus.query(
+        'kafka_server_replicamanager_value{job="kafka", name="PartitionCount"} > 0'
+    )
     assert prometheus.query('ALERTS{alertname=~"Aesop.+", alertstate="firing"}') == {}
     assert worker.stop() == 0
+
+
+def scrape(address: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+    except OSError as exc:
+        raise AssertionError(f"no metrics at {address} ({exc}); run `make up`") from None
+
+
+def test_zookeeper_serves_prometheus_metrics(stack: Any) -> None:
+    text = scrape(ZOOKEEPER_METRICS)
+    for name in ("znode_count", "num_alive_connections", "jvm_memory_bytes_used"):
+        assert f"\n{name}" in text, f"{name} missing from ZooKeeper's metrics"
+
+
+def test_kafka_serves_jmx_metrics(stack: Any) -> None:
+    text = scrape(KAFKA_METRICS)
+    for name in (
+        'kafka_server_replicamanager_value{name="PartitionCount"}',
+        'kafka_server_brokertopicmetrics_count{name="MessagesInPerSec"}',
+        "java_lang_memory_heapmemoryusage_used",
+    ):
+        assert f"\n{name}" in text, f"{name} missing from Kafka's JMX exporter"
