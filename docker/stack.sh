@@ -329,7 +329,9 @@ kafka_ready() {
   [[ -f "$file" ]] || return 1
   size="$(stat -c %s "$file")"
   ((size >= KAFKA_LOG_OFFSET)) || KAFKA_LOG_OFFSET=0   # the log rolled over
-  tail -c "+$((KAFKA_LOG_OFFSET + 1))" "$file" | grep -qF 'started (kafka.server.KafkaServer)'
+  # Not grep -q: quitting at the first match kills tail with SIGPIPE once more than a pipe
+  # buffer of log follows, and pipefail then reads a started broker as not started.
+  tail -c "+$((KAFKA_LOG_OFFSET + 1))" "$file" | grep -F 'started (kafka.server.KafkaServer)' >/dev/null
 }
 
 start_kafka() {
