@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Local stack on 127.0.0.1: MariaDB 3306, ZooKeeper 2181, Kafka 9092.
+# Local stack on 127.0.0.1: MariaDB 3306, ZooKeeper 2181, Kafka 9092; Prometheus metrics of
+# ZooKeeper on 7000 and of Kafka (JMX exporter agent) on 7071.
 # All state lives in <repo>/.stack; only processes recorded in its pid files are ever stopped.
 set -euo pipefail
 
@@ -13,7 +14,7 @@ usage: docker/stack.sh COMMAND [SERVICE]
   stop SERVICE       stop one service
   restart SERVICE    stop then start one service
   logs               print the paths of the log files
-  reset              down, then delete all stack data (keeps the Kafka jars)
+  reset              down, then delete all stack data (keeps the fetched jars)
 EOF
 }
 
@@ -26,7 +27,15 @@ SERVICES=(zookeeper kafka mariadb)   # start order; stop order is the reverse
 
 KAFKA_LIBS="$STACK/kafka/libs"
 KAFKA_MARKER_JAR="kafka_2.13-3.9.1.jar"
+# ZooKeeper's Prometheus metrics provider and the JMX exporter agent come from Maven; the
+# provider needs the servlet API, which Debian's Jetty (a zookeeper dependency) brings.
+EXPORTERS="$STACK/exporters"
+ZK_METRICS_LIBS="$EXPORTERS/zookeeper"
+ZK_METRICS_MARKER_JAR="zookeeper-prometheus-metrics-3.8.0.jar"
+JMX_AGENT_ARTIFACT="io.prometheus.jmx:jmx_prometheus_javaagent:1.0.1"
+JMX_AGENT="$EXPORTERS/jmx_prometheus_javaagent-1.0.1.jar"
 ZK_CLASSPATH="/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar"
+ZK_CLASSPATH+=":/usr/share/java/servlet-api.jar:$ZK_METRICS_LIBS/*"
 
 log() { echo "stack: $*"; }
 die() { echo "stack: error: $*" >&2; exit 1; }
@@ -37,6 +46,14 @@ port_of() {
     zookeeper) echo 2181 ;;
     kafka) echo 9092 ;;
     *) die "unknown service '$1' (mariadb | zookeeper | kafka)" ;;
+  esac
+}
+
+# Where a service serves Prometheus metrics, if it does.
+metrics_port_of() {
+  case "$1" in
+    zookeeper) echo 7000 ;;
+    kafka) echo 7071 ;;
   esac
 }
 
@@ -156,10 +173,11 @@ fail_with_log() {
 
 check_port_free() {
   local service="$1" port
-  port="$(port_of "$service")"
-  if port_open "$port"; then
-    die "$service: port $HOST:$port is already in use by a process this script did not start; stop it first"
-  fi
+  for port in $(port_of "$service") $(metrics_port_of "$service"); do
+    if port_open "$port"; then
+      die "$service: port $HOST:$port is already in use by a process this script did not start; stop it first"
+    fi
+  done
 }
 
 render() { sed "s|@STACK@|$STACK|g" "$1" >"$2"; }
@@ -192,11 +210,34 @@ install_missing() {
   command -v mariadb-admin >/dev/null || pkgs+=(mariadb-client)
   [[ -f /usr/share/java/zookeeper.jar ]] || pkgs+=(zookeeper)
   command -v java >/dev/null || pkgs+=(default-jre-headless)
-  if [[ ! -f "$KAFKA_LIBS/$KAFKA_MARKER_JAR" ]] && ! command -v mvn >/dev/null; then
+  # Not services of the stack: the tests scrape a worker and check monitoring/ with them.
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || pkgs+=(prometheus)
+  command -v amtool >/dev/null || pkgs+=(prometheus-alertmanager)
+  if ! command -v mvn >/dev/null && { [[ ! -f "$KAFKA_LIBS/$KAFKA_MARKER_JAR" ]] \
+    || [[ ! -f "$ZK_METRICS_LIBS/$ZK_METRICS_MARKER_JAR" ]] || [[ ! -f "$JMX_AGENT" ]]; }; then
     pkgs+=(maven)
   fi
   ((${#pkgs[@]} == 0)) || apt_install "${pkgs[@]}"
   fetch_kafka
+  fetch_exporters
+}
+
+fetch_exporters() {
+  [[ -f "$ZK_METRICS_LIBS/$ZK_METRICS_MARKER_JAR" && -f "$JMX_AGENT" ]] && return 0
+  log "fetching the ZooKeeper metrics provider and the JMX exporter agent with mvn into $EXPORTERS"
+  local tmp="$EXPORTERS.tmp"
+  rm -rf "$tmp"
+  mkdir -p "$tmp/zookeeper"
+  if ! { mvn -q -B -Dstyle.color=never -f "$DOCKER/zookeeper/pom.xml" \
+    dependency:copy-dependencies -DoutputDirectory="$tmp/zookeeper" -DincludeScope=runtime \
+    && mvn -q -B -Dstyle.color=never -f "$DOCKER/zookeeper/pom.xml" dependency:copy \
+      -Dartifact="$JMX_AGENT_ARTIFACT" -DoutputDirectory="$tmp"; } </dev/null >"$STACK/exporters-mvn.log" 2>&1 \
+    || [[ ! -f "$tmp/zookeeper/$ZK_METRICS_MARKER_JAR" || ! -f "$tmp/$(basename "$JMX_AGENT")" ]]; then
+    tail -n 20 "$STACK/exporters-mvn.log" >&2
+    die "fetching the exporter jars failed; see $STACK/exporters-mvn.log"
+  fi
+  rm -rf "$EXPORTERS"
+  mv "$tmp" "$EXPORTERS"
 }
 
 fetch_kafka() {
@@ -260,6 +301,7 @@ zk_ready() { [[ "$(zk_cmd ruok)" == imok ]]; }
 
 start_zookeeper() {
   local dir="$STACK/zookeeper"
+  fetch_exporters
   mkdir -p "$dir/data"
   render "$DOCKER/zookeeper/zoo.cfg.in" "$dir/zoo.cfg"
   spawn zookeeper "$dir/zookeeper.out" java -Xmx256m \
@@ -290,19 +332,23 @@ kafka_ready() {
   [[ -f "$file" ]] || return 1
   size="$(stat -c %s "$file")"
   ((size >= KAFKA_LOG_OFFSET)) || KAFKA_LOG_OFFSET=0   # the log rolled over
-  tail -c "+$((KAFKA_LOG_OFFSET + 1))" "$file" | grep -qF 'started (kafka.server.KafkaServer)'
+  # Not grep -q: quitting at the first match kills tail with SIGPIPE once more than a pipe
+  # buffer of log follows, and pipefail then reads a started broker as not started.
+  tail -c "+$((KAFKA_LOG_OFFSET + 1))" "$file" | grep -F 'started (kafka.server.KafkaServer)' >/dev/null
 }
 
 start_kafka() {
   local dir="$STACK/kafka"
   is_running zookeeper || die "kafka needs zookeeper: run 'docker/stack.sh start zookeeper' first"
   fetch_kafka
+  fetch_exporters
   mkdir -p "$dir/data"
   render "$DOCKER/kafka/server.properties.in" "$dir/server.properties"
   wait_broker_node_gone
   KAFKA_LOG_OFFSET=0
   [[ -f "$dir/server.log" ]] && KAFKA_LOG_OFFSET="$(stat -c %s "$dir/server.log")"
   spawn kafka "$dir/kafka.out" java -Xmx512m -Xms512m -Djava.awt.headless=true \
+    -javaagent:"$JMX_AGENT=$HOST:$(metrics_port_of kafka):$DOCKER/kafka/jmx-exporter.yml" \
     -Dkafka.logs.dir="$dir" \
     -Dlog4j.configuration="file:$DOCKER/kafka/log4j.properties" \
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
@@ -387,7 +433,7 @@ cmd_reset() {
   if [[ -d "$STACK/kafka" ]]; then
     find "$STACK/kafka" -mindepth 1 -maxdepth 1 ! -name libs -exec rm -rf {} +
   fi
-  log "data deleted (kept $KAFKA_LIBS)"
+  log "data deleted (kept $KAFKA_LIBS and $EXPORTERS)"
 }
 
 # Serialize concurrent invocations (e.g. two test processes restarting services).

@@ -361,6 +361,7 @@ class BinlogReader:
         # ``row`` numbers the events built from this rows event, which is more than its rows
         # when an update changes a primary key; the same bytes always number the same way.
         number = 0
+        made = dict.fromkeys("cud", 0)
         for row_before, row_after in images:
             for op_, before, after, changed in _row_changes(op, row_before, row_after, pk_columns):
                 row_number = number
@@ -369,6 +370,7 @@ class BinlogReader:
                 txn.seq += 1
                 if scn < skip_scn or (scn == skip_scn and row_number <= skip_row):
                     continue
+                made[op_] += 1
                 image = before if after is None else after
                 assert image is not None
                 key_values = {name: image[name] for name in pk_columns} if pk_columns else None
@@ -386,6 +388,11 @@ class BinlogReader:
                 }
                 self._release(txn, batch, last=False)
                 txn.held = (change, key_head + orjson.dumps(key_values) + b"}")
+        counts = batch.counts
+        for op_, n in made.items():
+            if n:
+                counts[(db, table, op_)] = counts.get((db, table, op_), 0) + n
+        batch.commit_ts = event.timestamp
 
 
 Image = dict[str, Any]

@@ -36,6 +36,11 @@ class Batch:
     changes: list[Change] = field(default_factory=list)
     resume: Position | None = None
     last: tuple[int, int] | None = None
+    # For the metrics: changes per (db, table, op), and the binlog timestamp (seconds) of
+    # the last rows event, added once per rows event rather than per change (a rows event's
+    # last change, held until its transaction's end is known, may travel in the next batch).
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    commit_ts: int | None = None
 
 
 class Handoff:

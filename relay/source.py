@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,11 @@ class SourceRelay:
         self.saved: Checkpoint | None = None
         self.reading = False
         self.reconnects = 0
+        # What Kafka acknowledged, for the metrics: changes per (db, table, op); the binlog
+        # timestamp of the last change and how many seconds after it Kafka acknowledged it.
+        self.published: Counter[tuple[str, str, str]] = Counter()
+        self.last_commit_ts: int | None = None
+        self.lag_s: float | None = None
         self.last_error: str | None = None
         self.state = STARTING
         self.reason: str | None = None
@@ -323,6 +328,11 @@ class SourceRelay:
                 await future
             self._in_flight.popleft()
             handoff.done()
+            if batch.counts:
+                self.published.update(batch.counts)
+            if batch.changes and batch.commit_ts is not None:
+                self.last_commit_ts = batch.commit_ts
+                self.lag_s = max(0.0, time.time() - batch.commit_ts)
             assert batch.resume is not None and self.acked is not None
             last = batch.last if batch.last is not None else self.acked.last
             self.acked = Checkpoint.at(batch.resume, last)

@@ -1,0 +1,172 @@
+"""aesop's own Prometheus series, read at scrape time from the relays and consumers.
+
+Nothing is counted per change on a hot path: the relay adds its counts once per rows event
+and batch (``relay.handoff.Batch.counts``), consumers keep their ``stats``, and this
+collector turns both into series when Prometheus asks. Everything it reads lives on the
+event loop, where the scrape runs, so it reads without locks and never blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agents.consumer import applied_key
+from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED
+
+STATES = (STARTING, READING, RETRYING, FAILED, STOPPED)
+
+
+def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=labels)
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+class AesopCollector(Collector):
+    """The relay and consumer series of one worker (the sources and partitions it runs)."""
+
+    def __init__(
+        self,
+        relays: Any,
+        consumers: Iterable[Any],
+        topics_of: Callable[[str], Iterable[str]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.relays = relays
+        self.consumers = list(consumers)
+        self.topics_of = topics_of
+        self.clock = clock
+        # (consumer, topic, partition) -> when a scrape first saw changes waiting there.
+        self._waiting_since: dict[tuple[str, str, int], float] = {}
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        now = self.clock()
+        self._relay_samples(families, now)
+        self._consumer_samples(families, now)
+        return iter(families)
+
+    @staticmethod
+    def _families() -> list[Metric]:
+        return [
+            _counter("aesop_relay_events_published",
+                     "Change events Kafka acknowledged, per source, table (db.table) and op.",
+                     ["source", "table", "op"]),
+            _counter("aesop_relay_reconnects",
+                     "Times the relay reconnected to its source after a failure.", ["source"]),
+            _gauge("aesop_relay_state",
+                   "1 for the relay's current state (starting, reading, retrying, failed, "
+                   "stopped), 0 for the others.", ["source", "state"]),
+            _gauge("aesop_relay_lag_seconds",
+                   "Seconds from the binlog timestamp of the last change Kafka acknowledged "
+                   "to that acknowledgement.", ["source"]),
+            _gauge("aesop_relay_last_event_timestamp_seconds",
+                   "Binlog timestamp of the last change Kafka acknowledged.", ["source"]),
+            _gauge("aesop_relay_scn", "SCN of the last change Kafka acknowledged.", ["source"]),
+            _gauge("aesop_relay_checkpoint_age_seconds",
+                   "Seconds since the saved checkpoint was taken.", ["source"]),
+            _counter("aesop_consumer_events_consumed",
+                     "Messages the consumer took from Kafka.", ["consumer"]),
+            _counter("aesop_consumer_events_applied",
+                     "Changes the handler applied, per source, table (db.table) and op.",
+                     ["consumer", "source", "table", "op"]),
+            _counter("aesop_consumer_skipped",
+                     "Changes skipped as already applied (at or below the partition's "
+                     "applied (scn, row)).", ["consumer"]),
+            _counter("aesop_consumer_dead_lettered",
+                     "Messages sent to the consumer's dead-letter topic.", ["consumer"]),
+            _counter("aesop_consumer_retries",
+                     "Transient handler failures retried.", ["consumer"]),
+            _gauge("aesop_consumer_applied_scn",
+                   "SCN of the last change applied in the partition.",
+                   ["consumer", "topic", "partition", "source"]),
+            _gauge("aesop_consumer_lag_events",
+                   "Messages in the partition after the last one processed.",
+                   ["consumer", "topic", "partition"]),
+            _gauge("aesop_consumer_lag_seconds",
+                   "While messages wait in the partition: seconds since it last applied "
+                   "one (or since a scrape first saw them waiting, if later); else 0.",
+                   ["consumer", "topic", "partition"]),
+        ]  # fmt: skip
+
+    def _relay_samples(self, families: list[Metric], now: float) -> None:
+        published, reconnects, state, lag, last_ts, scn, age = families[:7]
+        for name, relay in sorted(self.relays.relays.items()):
+            for (db, table, op), count in sorted(relay.published.items()):
+                published.add_metric([name, f"{db}.{table}", op], count)
+            reconnects.add_metric([name], relay.reconnects)
+            for each in STATES:
+                state.add_metric([name, each], 1.0 if relay.state == each else 0.0)
+            if relay.lag_s is not None:
+                lag.add_metric([name], relay.lag_s)
+            if relay.last_commit_ts is not None:
+                last_ts.add_metric([name], relay.last_commit_ts)
+            if relay.acked is not None:
+                scn.add_metric([name], relay.acked.scn)
+            if relay.saved is not None:
+                age.add_metric([name], max(0.0, now - relay.saved.ts_ms / 1000))
+
+    def _consumer_samples(self, families: list[Metric], now: float) -> None:
+        consumed, applied, skipped, dead, retries, applied_scn, lag_events, lag_s = families[7:]
+        waiting: set[tuple[str, str, int]] = set()
+        for runner in self.consumers:
+            name, stats = runner.name, runner.stats
+            consumed.add_metric([name], stats.consumed)
+            for (source, table, op), count in sorted(stats.applied.items()):
+                applied.add_metric([name, source, table, op], count)
+            skipped.add_metric([name], stats.skipped)
+            dead.add_metric([name], stats.dead_lettered)
+            retries.add_metric([name], stats.retries)
+            for topic, partition, document, highwater in self._partitions(runner):
+                labels = [name, topic, str(partition)]
+                if document is not None:
+                    source = str(document.get("source", ""))
+                    applied_scn.add_metric([*labels, source], document["scn"])
+                if highwater is None:
+                    continue
+                next_offset = 0 if document is None else int(document["offset"]) + 1
+                behind = max(0, highwater - next_offset)
+                lag_events.add_metric(labels, behind)
+                if behind == 0:
+                    lag_s.add_metric(labels, 0.0)
+                    continue
+                key = (name, topic, partition)
+                waiting.add(key)
+                since = self._waiting_since.setdefault(key, now)
+                if document is not None:
+                    since = max(since, document["ts_ms"] / 1000)
+                lag_s.add_metric(labels, max(0.0, now - since))
+        for key in set(self._waiting_since) - waiting:
+            del self._waiting_since[key]
+
+    def _partitions(
+        self, runner: Any
+    ) -> Iterator[tuple[str, int, dict[str, Any] | None, int | None]]:
+        """Per partition of the consumer's topics this worker holds: the applied position
+        (the ``applied`` table) and the partition's high watermark, where known."""
+        app = runner.app
+        if not app.started or app.should_stop:
+            return
+        consumer = app.consumer
+        topics = set(self.topics_of(runner.name))
+        try:
+            assigned = sorted(tp for tp in consumer.assignment() if tp.topic in topics)
+        except Exception:  # the Kafka consumer is not running (yet, or any more)
+            return
+        data = runner.applied.data
+        for tp in assigned:
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched from yet, or revoked meanwhile
+                highwater = None
+            yield tp.topic, tp.partition, data.get(applied_key(tp.topic, tp.partition)), highwater
