@@ -22,7 +22,16 @@ START_RE = re.compile(r"^(earliest|latest|[^:\s]+\.\d+:\d+|gtid:.+)$")
 _HOST = r"[^\s,;:/]+(:\d{1,5})?"
 ZOOKEEPER_RE = re.compile(rf"^({_HOST}(,{_HOST})*(/\S*)?)?$")
 KAFKA_RE = re.compile(rf"^([a-z]+://)?{_HOST}([,;]([a-z]+://)?{_HOST})*$")
-KIND_NAMES = {int: "an integer", str: "a string", list: "a list", bool: "true or false"}
+KIND_NAMES = {
+    int: "an integer",
+    str: "a string",
+    list: "a list",
+    bool: "true or false",
+    float: "a number",
+}
+EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+# The lag email schedule is a cron expression; a sixth field, seconds, is allowed.
+HOURLY = "0 * * * *"
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,29 @@ class ConsumerSettings:
 
 
 @dataclass(frozen=True)
+class LagSettings:
+    """[lag]: the seconds behind at which a source or consumer turns amber, then red."""
+
+    warn_seconds: float = 60.0
+    critical_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """[smtp]: where ``aesop lag --email`` and the worker's schedule send the lag report."""
+
+    host: str
+    port: int
+    starttls: bool
+    user: str | None
+    password: str | None = field(repr=False)
+    sender: str
+    to: tuple[str, ...]
+    schedule: str  # cron; "" sends no scheduled email
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything aesop is configured with; build it with :func:`load`."""
 
@@ -90,6 +122,8 @@ class Settings:
     session_timeout: int = 45
     sources: tuple[SourceSettings, ...] = ()
     consumers: tuple[ConsumerSettings, ...] = ()
+    lag: LagSettings = LagSettings()
+    smtp: SmtpSettings | None = None
 
     @property
     def zookeeper_enabled(self) -> bool:
@@ -128,6 +162,21 @@ CONSUMER_KEYS: dict[str, tuple[type, bool]] = {
     "mysql": (str, False),
     "tombstones": (bool, False),
 }
+LAG_KEYS: dict[str, tuple[type, bool]] = {
+    "warn_seconds": (float, False),
+    "critical_seconds": (float, False),
+}
+SMTP_KEYS: dict[str, tuple[type, bool]] = {
+    "host": (str, True),
+    "port": (int, False),
+    "starttls": (bool, False),
+    "user": (str, False),
+    "password": (str, False),
+    "from": (str, True),
+    "to": (list, True),
+    "schedule": (str, False),
+    "timeout": (float, False),
+}
 
 
 class _Checker:
@@ -157,7 +206,8 @@ class _Checker:
         return raw
 
     def check_type(self, where: str, value: Any, kind: type) -> None:
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        accepted = (int, float) if kind is float else kind  # TOML writes 60 as an integer
+        ok = isinstance(value, accepted) and not (kind in (int, float) and isinstance(value, bool))
         if not ok:
             raise self.fail(where, f"must be {KIND_NAMES[kind]}, got {value!r}")
         if kind is list and not all(isinstance(v, str) and v for v in value):
@@ -273,6 +323,55 @@ def _consumer(checker: _Checker, index: int, raw: Any) -> ConsumerSettings:
     )
 
 
+def _lag(checker: _Checker, raw: Any) -> LagSettings:
+    table = checker.table("[lag]", raw, LAG_KEYS)
+    warn = float(table.get("warn_seconds", LagSettings.warn_seconds))
+    critical = float(table.get("critical_seconds", LagSettings.critical_seconds))
+    if not warn > 0:
+        raise checker.fail("[lag].warn_seconds", f"must be above 0, got {warn:g}")
+    if critical < warn:
+        raise checker.fail(
+            "[lag].critical_seconds", f"must be at least warn_seconds ({warn:g}), got {critical:g}"
+        )
+    return LagSettings(warn_seconds=warn, critical_seconds=critical)
+
+
+def _smtp(checker: _Checker, raw: Any) -> SmtpSettings:
+    from croniter import croniter
+
+    table = checker.table("[smtp]", raw, SMTP_KEYS)
+    port = table.get("port", 25)
+    if not 0 < port < 65536:
+        raise checker.fail("[smtp].port", f"must be a TCP port (1..65535), got {port}")
+    if ("user" in table) != ("password" in table):
+        raise checker.fail("[smtp].password", "user and password go together; set both or neither")
+    for key, address in [("from", table["from"]), *(("to", a) for a in table["to"])]:
+        if not EMAIL_RE.match(address):
+            raise checker.fail(f"[smtp].{key}", f"{address!r} is not an email address")
+    if not table["to"]:
+        raise checker.fail("[smtp].to", "must name at least one address")
+    schedule = table.get("schedule", HOURLY)
+    if schedule and not croniter.is_valid(schedule):
+        raise checker.fail(
+            "[smtp].schedule",
+            f'{schedule!r} is not a cron expression like "0 * * * *" ("" sends none)',
+        )
+    timeout = float(table.get("timeout", 30.0))
+    if not timeout > 0:
+        raise checker.fail("[smtp].timeout", f"must be above 0, got {timeout:g}")
+    return SmtpSettings(
+        host=table["host"],
+        port=port,
+        starttls=table.get("starttls", False),
+        user=table.get("user"),
+        password=table.get("password"),
+        sender=table["from"],
+        to=tuple(table["to"]),
+        schedule=schedule,
+        timeout=timeout,
+    )
+
+
 def _unique(checker: _Checker, section: str, key: str, values: list[Any]) -> None:
     seen: set[Any] = set()
     for value in values:
@@ -299,11 +398,12 @@ def load(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML ({exc})") from None
 
-    unknown = sorted(set(document) - {"aesop", "source", "consumer"})
+    unknown = sorted(set(document) - {"aesop", "source", "consumer", "lag", "smtp"})
     if unknown:
         hint = "; put it under [aesop]" if unknown[0] in AESOP_KEYS else ""
         raise checker.fail(
-            unknown[0], f"unknown section; known are [aesop], [[source]], [[consumer]]{hint}"
+            unknown[0],
+            f"unknown section; known are [aesop], [[source]], [[consumer]], [lag], [smtp]{hint}",
         )
     top = checker.table(
         "[aesop]", document.get("aesop", {}), {k: (t, False) for k, t in AESOP_KEYS.items()}
@@ -338,4 +438,6 @@ def load(
     _unique(checker, "[[source]]", "server_id", [s.server_id for s in sources])
     _unique(checker, "[[source]]", "topic", [s.topic for s in sources])
     _unique(checker, "[[consumer]]", "name", [c.name for c in consumers])
-    return Settings(path=file, sources=sources, consumers=consumers, **top)
+    lag = _lag(checker, document.get("lag", {}))
+    smtp = _smtp(checker, document["smtp"]) if "smtp" in document else None
+    return Settings(path=file, sources=sources, consumers=consumers, lag=lag, smtp=smtp, **top)

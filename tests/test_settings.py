@@ -33,6 +33,7 @@ handler = "mysql"                     # mysql | route | "package.module:function
 mysql = "mysql://root@127.0.0.1:3306/replica"   # for handler = "mysql"
 """
 SOURCE = '[[source]]\nname = "shop"\nmysql = "mysql://root@127.0.0.1"\nserver_id = 5401\n'
+SMTP = '[smtp]\nhost = "127.0.0.1"\nfrom = "aesop@example.com"\nto = ["ops@example.com"]\n'
 CONSUMER = '[[consumer]]\nname = "c"\ntopics = ["aesop.shop"]\nhandler = "route"\n'
 
 
@@ -150,6 +151,31 @@ def test_the_path_comes_from_aesop_config_else_the_working_directory(
     assert load(named, env={"AESOP_CONFIG": "ignored.toml"}).id == "named"
 
 
+def test_lag_thresholds_and_smtp_have_defaults_and_keep_the_password_out_of_repr(
+    tmp_path: Path,
+) -> None:
+    plain = load(write(tmp_path, SOURCE), env={})
+    assert (plain.lag.warn_seconds, plain.lag.critical_seconds, plain.smtp) == (60.0, 300.0, None)
+    text = SMTP + 'port = 2525\nstarttls = true\nuser = "u"\npassword = "Hunter2"\n'
+    text += "\n[lag]\nwarn_seconds = 5\ncritical_seconds = 7.5\n"
+    settings = load(write(tmp_path, text), env={})
+    assert (settings.lag.warn_seconds, settings.lag.critical_seconds) == (5.0, 7.5)
+    smtp = settings.smtp
+    assert smtp is not None
+    assert (smtp.host, smtp.port, smtp.starttls, smtp.user, smtp.password) == (
+        "127.0.0.1",
+        2525,
+        True,
+        "u",
+        "Hunter2",
+    )
+    assert (smtp.sender, smtp.to, smtp.schedule) == ("aesop@example.com", ("ops@example.com",),
+                                                     "0 * * * *")  # fmt: skip
+    assert "Hunter2" not in repr(settings)
+    quiet = load(write(tmp_path, SMTP + 'schedule = ""\n'), env={})
+    assert quiet.smtp is not None and quiet.smtp.schedule == ""
+
+
 def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load(write(tmp_path, SOURCE), env={})
     with pytest.raises(AttributeError):
@@ -164,9 +190,10 @@ BAD = [
     (SOURCE + 'includes = ["a.*"]\n', {}, "[[source]] 'shop'.includes: unknown key"),
     ('[[source]]\nnmae = "shop"\n', {}, "[[source]] #1.nmae: unknown key"),
     (CONSUMER + "group = 1\n", {}, "[[consumer]] 'c'.group: unknown key"),
-    ("[sources]\n", {}, "sources: unknown section; known are [aesop], [[source]], [[consumer]]"),
+    ("[sources]\n", {}, "sources: unknown section; known are [aesop], [[source]], [[consumer]], "
+     "[lag], [smtp]"),
     ('kafka = "x:9092"\n', {}, "kafka: unknown section; known are [aesop], [[source]], "
-     "[[consumer]]; put it under [aesop]"),
+     "[[consumer]], [lag], [smtp]; put it under [aesop]"),
     ('[source]\nname = "shop"\n', {}, "source: write sources as [[source]]"),
     ('aesop = "x"\n', {}, "[aesop]: must be a table"),
     ('source = ["x"]\n', {}, "[[source]] #1: must be a table"),
@@ -221,6 +248,24 @@ BAD = [
     ('[aesop\nid = "x"\n', {}, "not valid TOML (Expected ']' at the end of a table declaration "
      "(at line 1, column 7))"),
     ('[aesop]\nid = "x"\nid = "y"\n', {}, "not valid TOML"),
+    # [lag] and [smtp]
+    ("[lag]\nwarn = 5\n", {}, "[lag].warn: unknown key; known keys are critical_seconds"),
+    ('[lag]\nwarn_seconds = "5"\n', {}, "[lag].warn_seconds: must be a number, got '5'"),
+    ("[lag]\nwarn_seconds = true\n", {}, "[lag].warn_seconds: must be a number, got True"),
+    ("[lag]\nwarn_seconds = 0\n", {}, "[lag].warn_seconds: must be above 0, got 0"),
+    ("[lag]\nwarn_seconds = 10\ncritical_seconds = 5.5\n", {},
+     "[lag].critical_seconds: must be at least warn_seconds (10), got 5.5"),
+    (SMTP + "tls = true\n", {}, "[smtp].tls: unknown key; known keys are from, host"),
+    (SMTP.replace('host = "127.0.0.1"\n', ""), {}, "[smtp].host: is required"),
+    (SMTP.replace('to = ["ops@example.com"]\n', ""), {}, "[smtp].to: is required"),
+    (SMTP + "port = 0\n", {}, "[smtp].port: must be a TCP port (1..65535), got 0"),
+    (SMTP + 'starttls = "yes"\n', {}, "[smtp].starttls: must be true or false, got 'yes'"),
+    (SMTP + 'user = "u"\n', {}, "[smtp].password: user and password go together"),
+    (SMTP.replace("aesop@example.com", "aesop"), {}, "[smtp].from: 'aesop' is not an email"),
+    (SMTP.replace('["ops@example.com"]', "[]"), {}, "[smtp].to: must name at least one"),
+    (SMTP.replace('["ops@example.com"]', '["ops"]'), {}, "[smtp].to: 'ops' is not an email"),
+    (SMTP + 'schedule = "hourly"\n', {}, "[smtp].schedule: 'hourly' is not a cron expression"),
+    (SMTP + "timeout = -1\n", {}, "[smtp].timeout: must be above 0, got -1"),
     # the environment
     ("", {"AESOP_WEB_PORT": "notanumber"},
      "AESOP_WEB_PORT (overrides [aesop].web_port): must be an integer, got 'notanumber'"),
