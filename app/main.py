@@ -43,6 +43,6 @@ app = faust.App(
     producer_linger_ms=5,
     # Kafka's default partitioning, computed at half the CPU (it ran once per change).
     producer_partitioner=partition_for_key,
-    autodiscover=["tables", "relay", "agents"],
+    autodiscover=["tables", "relay", "agents", "app.dashboard"],
     origin="app",
 )
