@@ -1,4 +1,4 @@
-"""The ``aesop`` command: check, worker."""
+"""The ``aesop`` command: check, lag, worker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import app.settings as settings_module
 from app.errors import AesopError
@@ -125,6 +125,54 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if any(line.startswith("error") for line in lines) else 0
 
 
+def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when every lag is within the limit, 1 above it, 3 when a service is unreachable."""
+    import orjson
+
+    from app import mail
+    from app.lag import build_report
+
+    async def run() -> dict[str, Any]:
+        report = await build_report(settings)
+        if args.email:
+            await mail.send(settings, report)
+        return report
+
+    if args.email and settings.smtp is None:
+        raise AesopError(f"{settings.path}: no [smtp] section; add one to send the lag by email")
+    report = asyncio.run(run())
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(mail.render(report))
+    limit = settings.lag.critical_seconds if args.max_lag_seconds is None else args.max_lag_seconds
+    down = mail.down_services(report)
+    lags = [(f"source {s['name']}", s["behind"]["seconds"]) for s in report["sources"]]
+    lags += [(f"consumer {c['name']}", c["seconds_behind"]) for c in report["consumers"]]
+    over = [
+        f"{name} is {seconds:g}s behind (more than {limit:g}s)"
+        for name, seconds in lags
+        if seconds is not None and seconds > limit
+    ]
+    for line in down:
+        print(f"aesop: {line}", file=sys.stderr)
+    for line in over:
+        print(f"aesop: {line}", file=sys.stderr)
+    if down:
+        return 3
+    return 1 if over else 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", args.loglevel]
     os.execv(sys.executable, argv)
@@ -136,6 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="config file (default: $AESOP_CONFIG or ./aesop.toml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="validate the config and every source")
+    lag = commands.add_parser(
+        "lag", help="relay and consumer lag from ZooKeeper, MySQL and Kafka (no worker needed)"
+    )
+    lag.add_argument("--json", action="store_true", help="print the report as JSON")
+    lag.add_argument(
+        "--max-lag-seconds",
+        type=_seconds,
+        help="exit 1 when any lag is above this (default: [lag] critical_seconds)",
+    )
+    lag.add_argument("--email", action="store_true", help="also send the report through [smtp]")
     worker = commands.add_parser("worker", help="run a worker: relays and consumers")
     worker.add_argument("-l", "--loglevel", default="info")
     args = parser.parse_args(argv)
@@ -149,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         settings = settings_module.load()
-        return {"check": cmd_check, "worker": cmd_worker}[args.command](settings, args)
+        commands_by_name = {"check": cmd_check, "lag": cmd_lag, "worker": cmd_worker}
+        return commands_by_name[args.command](settings, args)
     except AesopError as exc:
         print(f"aesop: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -217,12 +217,15 @@ async def _read_kafka(settings: Settings, mirrored: Mirrored) -> Offsets:
     try:
         await asyncio.wait_for(consumer.start(), CONNECT_TIMEOUT_S)
         await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_S)
-        existing = await asyncio.wait_for(consumer.topics(), CONNECT_TIMEOUT_S)
+        if not topics:
+            return found
+        described = await asyncio.wait_for(admin.describe_topics(topics), CONNECT_TIMEOUT_S)
         tps = []
-        for topic in topics:
-            if topic in existing:
-                found.partitions[topic] = sorted(consumer.partitions_for_topic(topic) or ())
-                tps += [TopicPartition(topic, p) for p in found.partitions[topic]]
+        for topic in described:
+            if topic["error_code"] == 0 and topic["partitions"]:
+                partitions = sorted(p["partition"] for p in topic["partitions"])
+                found.partitions[topic["topic"]] = partitions
+                tps += [TopicPartition(topic["topic"], p) for p in partitions]
         if tps:
             ends = await asyncio.wait_for(consumer.end_offsets(tps), CONNECT_TIMEOUT_S)
             starts = await asyncio.wait_for(consumer.beginning_offsets(tps), CONNECT_TIMEOUT_S)
@@ -409,8 +412,8 @@ def _consumer_entry(
     error = None
     if offsets is None:
         error = "Kafka is unreachable; offsets unknown"
-    elif not partitions:
-        error = f"none of its topics exist in Kafka yet ({', '.join(consumer.topics)})"
+    elif missing := [t for t in consumer.topics if t not in offsets.partitions]:
+        error = f"not in Kafka (yet): {', '.join(missing)}"
     return {
         "name": consumer.name,
         "topics": list(consumer.topics),

@@ -46,3 +46,6 @@ app = faust.App(
     autodiscover=["tables", "relay", "agents", "app.dashboard"],
     origin="app",
 )
+
+# GET /health, GET /lag and the scheduled lag email register themselves on the app.
+from app import monitor as _monitor  # noqa: E402, F401
