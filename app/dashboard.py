@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from faust.web import Request, Response, View
 
-from app.lag import build_report
 from app.main import app, settings
+from app.monitor import reports
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def sample_of(report: dict[str, Any]) -> dict[str, Any]:
 async def sample_lag() -> None:
     """Adds one sample to the history; runs on every worker, each serving its own page."""
     try:
-        report = await build_report(settings)
+        report = await reports.get()  # the report /lag serves, built at most every 2 s
     except Exception as exc:  # the next tick tries again; the page shows a gap meanwhile
         log.warning("lag history: no sample this time (%s: %s)", type(exc).__name__, exc)
         return
