@@ -48,6 +48,7 @@ class Chromium:
         self.next_id = 0
         self.watch: Callable[[str], bool] = lambda url: False
         self.responses: list[tuple[str, str]] = []
+        self.requested: list[str] = []  # every URL the page asked for
         self._requests: dict[str, str] = {}
         self._fetches: set[asyncio.Task[None]] = set()
 
@@ -113,7 +114,9 @@ class Chromium:
             future.set_exception(AssertionError("chromium closed the DevTools connection"))
 
     def _on_event(self, method: str, params: dict[str, Any]) -> None:
-        if method == "Network.responseReceived" and self.watch(params["response"]["url"]):
+        if method == "Network.requestWillBeSent":
+            self.requested.append(params["request"]["url"])
+        elif method == "Network.responseReceived" and self.watch(params["response"]["url"]):
             self._requests[params["requestId"]] = params["response"]["url"]
         elif method == "Network.loadingFinished" and params["requestId"] in self._requests:
             task = asyncio.create_task(self._keep_body(params["requestId"]))
