@@ -62,6 +62,9 @@ READ_PAGE = """(() => {
   }
   return {
     ts_ms: Number(document.getElementById("updated").dataset.tsMs || 0),
+    overall: document.getElementById("overall").dataset.status,
+    overallColour: getComputedStyle(document.getElementById("overall")).color,
+    title: document.title,
     history: Number(document.body.dataset.history || -1),
     samples: Number(document.body.dataset.samples || 0),
     banner: document.getElementById("banner").classList.contains("shown")
@@ -129,6 +132,9 @@ def assert_page_matches(page: dict[str, Any], report: dict[str, Any]) -> None:
         services.append([{"kafka": "Kafka", "zookeeper": "ZooKeeper"}[name],
                          "ok" if report["services"][name]["ok"] else "critical"])  # fmt: skip
     assert page["services"] == services
+    assert page["overall"] == report["status"], "the header shows the worst status"
+    assert page["overallColour"] == COLOURS[report["status"]]
+    assert page["title"].startswith(f"{report['status'].upper()} · aesop · ")
     assert [r["name"] for r in page["sources"]] == [s["name"] for s in report["sources"]]
     for row, source in zip(page["sources"], report["sources"], strict=True):
         what = f"source {source['name']}"
