@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
+from app.settings import load as load_settings
 from bench.load import TABLE_SQL, SteadyLoad
 from tests.browser import Chromium
 from tests.support import (
@@ -204,8 +205,7 @@ async def test_dashboard_under_load_matches_lag_with_threshold_colours_and_live_
     extra += consumer_toml(f"{app_id}-held", topic, "tests.sample_handlers:flaky")
     extra += f"\n[lag]\nwarn_seconds = {WARN_SECONDS}\ncritical_seconds = {CRITICAL_SECONDS}\n"
     config = write_config(tmp_path / "aesop.toml", app_id, [source], extra=extra)
-    port = int(config.read_text().split("web_port = ")[1].split()[0])
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{load_settings(config, env={}).web_port}"
     gate = tmp_path / "gate"
     gate.touch()
     sql(TABLE_SQL.format(db=database, table="items"))
