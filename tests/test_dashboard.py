@@ -277,12 +277,6 @@ async def test_dashboard_under_load_matches_lag_with_threshold_colours_and_live_
             assert not elsewhere, f"the page loads from elsewhere than its worker: {elsewhere}"
             assert SCREENSHOT.stat().st_size > 20_000
 
-            # The charts grew live, by the page's own polling.
-            assert page["samples"] >= first["samples"] + 2, (first["samples"], page["samples"])
-            chart = page["charts"]["consumer-events"]
-            assert chart["series"][held] >= first["charts"]["consumer-events"]["series"][held] + 2
-            assert chart["points"] > first["charts"]["consumer-events"]["points"]
-
             # Once the load ends, the relay and the applying consumer catch up and turn green.
             stop.set()
             await asyncio.to_thread(loader.join, 30)
@@ -295,6 +289,12 @@ async def test_dashboard_under_load_matches_lag_with_threshold_colours_and_live_
                     break
                 assert time.monotonic() < deadline, f"not caught up within 60s: {status}"
                 await asyncio.sleep(1.0)
+
+            # The charts grew live, by the page's own polling.
+            assert page["samples"] >= first["samples"] + 2, (first["samples"], page["samples"])
+            chart = page["charts"]["consumer-events"]
+            assert chart["series"][held] >= first["charts"]["consumer-events"]["series"][held] + 2
+            assert chart["points"] > first["charts"]["consumer-events"]["points"]
 
             history = await get_json(session, f"{base}/lag/history")
             times = [s["ts_ms"] for s in history["samples"]]
