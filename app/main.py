@@ -43,7 +43,7 @@ app = faust.App(
     producer_linger_ms=5,
     # Kafka's default partitioning, computed at half the CPU (it ran once per change).
     producer_partitioner=partition_for_key,
-    autodiscover=["tables", "relay", "agents", "metrics"],
+    autodiscover=["tables", "relay", "agents", "metrics", "app.dashboard"],
     origin="app",
 )
 

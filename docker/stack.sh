@@ -209,6 +209,9 @@ install_missing() {
   command -v mariadbd >/dev/null && command -v mariadb-install-db >/dev/null || pkgs+=(mariadb-server)
   command -v mariadb-admin >/dev/null || pkgs+=(mariadb-client)
   [[ -f /usr/share/java/zookeeper.jar ]] || pkgs+=(zookeeper)
+  # The dashboard test drives a headless browser; the page names DejaVu Sans.
+  command -v chromium >/dev/null || pkgs+=(chromium)
+  [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || pkgs+=(fonts-dejavu-core)
   command -v java >/dev/null || pkgs+=(default-jre-headless)
   # Not services of the stack: the tests scrape a worker and check monitoring/ with them.
   command -v prometheus >/dev/null && command -v promtool >/dev/null || pkgs+=(prometheus)
