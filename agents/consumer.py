@@ -13,7 +13,8 @@ batches of at most ``BATCH_MAX``. Per batch it:
    partition waits: no change is skipped or reordered) and dead-lettering a change the
    handler rejects;
 5. records the last applied ``(scn, row)`` and the offset processed per partition in the
-   changelog-backed table ``<name>-applied``, waiting for Kafka's ack.
+   changelog-backed table ``<name>-applied``; the next batch goes on meanwhile, but a
+   batch's offsets only count as processed once Kafka acked those writes.
 Processed offsets are committed to the group about once a second, on every rebalance and at
 a clean stop; the table is mirrored to ZooKeeper at
 ``<zk_root>/consumers/<name>/<topic>/<partition>`` about once a second per busy partition,
@@ -24,15 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
+from operator import attrgetter
 from typing import Any
 
 from faust.types import TP
 from mode import Service
 
-from agents.event import BadMessage, Change, decode_head, parse
+from agents.event import BadMessage, Change, decode_head, fast_decode_head, parse
 from agents.fetch import Round, RoundApp
 from agents.handlers import EventFailed, Handler, build_handler
 from app.errors import AesopError
@@ -43,12 +46,15 @@ from tables.zookeeper import ZooKeeperMirror, ZooKeeperUnavailable
 
 log = logging.getLogger(__name__)
 
+_head, _source, _op = attrgetter("head"), attrgetter("source"), attrgetter("op")
+
 BATCH_MAX = 4000  # records per fetch round, so per batch handed to the handler
 QUEUED_ROUNDS = 2  # fetch rounds queued for the agent before the fetcher waits
 MIRROR_EVERY_S = 1.0
 COMMIT_EVERY_S = 1.0
 STOP_TIMEOUT_S = 30.0
 REVOKE_TIMEOUT_S = 10.0
+RECORDS_IN_FLIGHT = 4  # batches whose position writes may await Kafka's ack at once
 PAUSE_STEP_S = 0.2
 
 __all__ = ["BadMessage", "ConsumerRunner", "parse"]
@@ -134,6 +140,7 @@ class ConsumerRunner(Service):
         self._sought: dict[TP, int] = {}
         self._processed: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
+        self._sending: deque[asyncio.Future[Any]] = deque()  # position writes not yet acked
         self._stop_requested = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -159,6 +166,7 @@ class ConsumerRunner(Service):
             await asyncio.wait_for(self._idle.wait(), STOP_TIMEOUT_S)
         except TimeoutError:
             log.warning("consumer %s: a batch was still being applied at stop", self.name)
+        await self._settle()
         for _ in range(5):
             if await self._commit():
                 break
@@ -223,6 +231,7 @@ class ConsumerRunner(Service):
         read again after a seek)."""
         changes: list[Change] = []
         ends: dict[TP, int] = {}
+        lasts: dict[TP, Change] = {}
         skipped = 0
         for tp, records in batch.records.items():
             records = await self._in_sequence(tp, records, batch.serial)
@@ -234,13 +243,18 @@ class ConsumerRunner(Service):
             if document is not None:
                 scn, row, source = document["scn"], document["row"], document.get("source")
             topic, partition = tp.topic, tp.partition
+            append = changes.append
+            before = len(changes)
             for record in records:
                 value = record.value
                 try:
-                    head = decode_head(value)
-                except BadMessage as exc:
-                    await self._dead_letter(record.key, value, record, exc)
-                    continue
+                    head = fast_decode_head(value)
+                except Exception:
+                    try:
+                        head = decode_head(value)  # the reason, in our words
+                    except BadMessage as exc:
+                        await self._dead_letter(record.key, value, record, exc)
+                        continue
                 if scn is not None:
                     if source is None or head.source.name == source:
                         if head.scn < scn or (head.scn == scn and head.row <= row):
@@ -249,8 +263,10 @@ class ConsumerRunner(Service):
                     else:
                         self._warn_sources(tp)
                 scn, row, source = head.scn, head.row, head.source.name
-                changes.append(Change(head, record.key, value, topic, partition, record.offset))
+                append(Change(head, record.key, value, topic, partition, record.offset))
             ends[tp] = records[-1].offset
+            if len(changes) > before:
+                lasts[tp] = changes[-1]
         if skipped:
             self.stats.skipped += skipped
             log.info(
@@ -258,7 +274,7 @@ class ConsumerRunner(Service):
                 "(scn, row) of their partition; %d in all)",
                 self.name, skipped, self.stats.skipped,
             )  # fmt: skip
-        await self._apply(changes, ends)
+        await self._apply(changes, ends, lasts)
 
     async def _in_sequence(self, tp: TP, records: list[Any], serial: int) -> list[Any]:
         """The records of a partition that may be processed now: all of them when they run
@@ -300,7 +316,9 @@ class ConsumerRunner(Service):
                 self.name, tp.topic, tp.partition,
             )  # fmt: skip
 
-    async def _apply(self, changes: list[Change], ends: dict[TP, int]) -> None:
+    async def _apply(
+        self, changes: list[Change], ends: dict[TP, int], lasts: dict[TP, Change]
+    ) -> None:
         delays = RECONNECT.delays()
         pending = changes
         while pending:
@@ -325,16 +343,24 @@ class ConsumerRunner(Service):
                 pending = pending[failure.index :]
                 continue
             break
-        await self._record(pending, ends)
+        if pending is not changes:  # some were recorded on the way
+            lasts = {(c.topic, c.partition): c for c in pending}  # type: ignore[misc]
+        await self._record(pending, ends, lasts)
 
-    async def _record(self, changes: list[Change], ends: dict[TP, int] | None = None) -> None:
+    async def _record(
+        self,
+        changes: list[Change],
+        ends: dict[TP, int] | None = None,
+        lasts: dict[TP, Change] | None = None,
+    ) -> None:
         """Store, per partition, the last applied ``(scn, row)`` and the last offset processed
-        (``ends``: skipped and dead-lettered records count); wait for the changelog's ack."""
-        last: dict[Any, Change] = {}
-        counts: Counter[tuple[Any, str]] = Counter()
-        for change in changes:
-            last[(change.topic, change.partition)] = change
-            counts[(change.head.source, change.head.op)] += 1
+        (``ends``: skipped and dead-lettered records count); wait for the changelog's ack.
+        ``lasts``, the last of ``changes`` per partition, when the caller knows them."""
+        last: dict[Any, Change] = (
+            {(c.topic, c.partition): c for c in changes} if lasts is None else lasts  # type: ignore[misc]
+        )
+        heads = list(map(_head, changes))
+        counts = Counter(zip(map(_source, heads), map(_op, heads), strict=True))
         applied = self.stats.applied
         for (source, op), count in counts.items():
             applied[(source.name, f"{source.db}.{source.table}", op)] += count
@@ -342,7 +368,6 @@ class ConsumerRunner(Service):
         if ends:
             offsets.update(ends)
         sends = []
-        now = time.monotonic()
         ts_ms = int(time.time() * 1000)
         for key, offset in offsets.items():
             tp = TP(*key)
@@ -358,12 +383,43 @@ class ConsumerRunner(Service):
             if document is not None:
                 self.applied.data[name] = document
                 sends.append(self.applied.send_changelog(tp.partition, name, document))
+        processed = {TP(*key): offset + 1 for key, offset in offsets.items()}
+        if not sends:
+            self._recorded(processed, None)
+            return
+        # The next batch goes on while Kafka acks these writes; what they record counts as
+        # processed (its offsets may commit, its position is mirrored) once acked.
+        sent = asyncio.gather(*sends)
+        sent.add_done_callback(functools.partial(self._recorded, processed))
+        self._sending.append(sent)
+        while len(self._sending) > RECORDS_IN_FLIGHT:
+            await asyncio.shield(self._sending[0])  # a cancelled wait must not cancel sends
+
+    def _recorded(self, processed: dict[TP, int], sent: asyncio.Future[Any] | None) -> None:
+        """The position writes of a batch are acked (or failed): its offsets may commit."""
+        while self._sending and self._sending[0].done():
+            self._sending.popleft()
+        if sent is not None and (sent.cancelled() or sent.exception() is not None):
+            error = "cancelled" if sent.cancelled() else sent.exception()
+            log.error(
+                "consumer %s: applied positions not stored (%s); their offsets are not "
+                "committed, so they are read again (and applied again) after a restart",
+                self.name, error,
+            )  # fmt: skip
+            return
+        now = time.monotonic()
+        for tp, offset in processed.items():
+            if offset > self._processed.get(tp, -1):
+                self._processed[tp] = offset
+            if sent is not None:
                 self._dirty.add(tp)
                 if now - self._mirrored_at.get(tp, 0.0) >= MIRROR_EVERY_S:
                     self._publish(tp)
-        await asyncio.shield(asyncio.gather(*sends))  # a cancelled wait must not cancel sends
-        for key, offset in offsets.items():
-            self._processed[TP(*key)] = offset + 1
+
+    async def _settle(self) -> None:
+        """Wait until every position write sent is acked (before a commit that must count)."""
+        if self._sending:
+            await asyncio.shield(asyncio.gather(*self._sending, return_exceptions=True))
 
     async def _position(self, tp: TP) -> dict[str, Any] | None:
         """Last applied position of a partition: the table, else the ZooKeeper mirror."""
@@ -462,6 +518,7 @@ class ConsumerRunner(Service):
             await asyncio.wait_for(self._idle.wait(), REVOKE_TIMEOUT_S)
         except TimeoutError:
             log.warning("consumer %s: a batch was still being applied at rebalance", self.name)
+        await self._settle()
         await self._commit()
         self._publish_all()
         for tp in revoked:

@@ -37,13 +37,14 @@ class Head(msgspec.Struct, gc=False):
     row: int
 
 
-_decode_head = msgspec.json.Decoder(Head).decode
+fast_decode_head = msgspec.json.Decoder(Head).decode
+"""The head of a change event; raises msgspec's errors (or TypeError for a null value)."""
 
 
 def decode_head(value: bytes | None) -> Head:
     """The head of the change event in a message value, or BadMessage saying why not."""
     try:
-        return _decode_head(value)  # type: ignore[arg-type]
+        return fast_decode_head(value)  # type: ignore[arg-type]
     except (msgspec.DecodeError, TypeError) as exc:
         parse(value)  # raises BadMessage with the reason in our words
         raise BadMessage(f"not a change event: {exc}") from None
@@ -72,32 +73,26 @@ def parse(value: bytes | None) -> dict[str, Any]:
     return event
 
 
-class Change:
+class Change(msgspec.Struct, gc=False):
     """One consumed change event, with where it came from.
 
     ``head`` is checked and decoded; ``event`` (the whole event as a dict) is decoded from
     ``value`` on first use.
     """
 
-    __slots__ = ("_event", "head", "key", "offset", "partition", "topic", "value")
-
-    def __init__(
-        self, head: Head, key: bytes | None, value: bytes, topic: str, partition: int,
-        offset: int,
-    ) -> None:  # fmt: skip
-        self.head = head
-        self.key = key
-        self.value = value
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self._event: dict[str, Any] | None = None
+    head: Head
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    decoded: dict[str, Any] | None = None
 
     @property
     def event(self) -> dict[str, Any]:
-        event = self._event
+        event = self.decoded
         if event is None:
-            event = self._event = orjson.loads(self.value)
+            event = self.decoded = orjson.loads(self.value)
         return event
 
     @classmethod

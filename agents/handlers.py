@@ -10,6 +10,10 @@ the dead-letter topic when it is not (the change itself is bad for this handler)
 the change event as a dict (``op``, ``before``, ``after``, ``changed``, ``key``, ...). It
 may raise :class:`Transient` (or ``ConnectionError``/``TimeoutError``) to ask for a retry;
 any other exception dead-letters that change.
+
+``handler = "package.module:Class"`` names a :class:`Handler` subclass instead, which gets
+whole batches of :class:`Change` (as Debezium's ``ChangeConsumer.handleBatch`` does): its
+``head`` (op, source, scn, row) is decoded already, its ``event`` only when first read.
 """
 
 from __future__ import annotations
@@ -108,6 +112,11 @@ def load_function(consumer: ConsumerSettings) -> Callable[..., Any]:
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ConfigError(f"{where}: {module_name!r} has no function {attribute!r}")
+    if isinstance(function, type) and not issubclass(function, Handler):
+        raise ConfigError(
+            f"{where}: {consumer.handler!r} is a class but not an agents.handlers.Handler; "
+            "name a function, or a Handler subclass"
+        )
     return function  # type: ignore[no-any-return]
 
 
@@ -121,4 +130,7 @@ def build_handler(settings: Settings, consumer: ConsumerSettings, app: Any) -> H
         from agents.route import RouteHandler
 
         return RouteHandler(settings, consumer, app)
+    target = load_function(consumer)
+    if isinstance(target, type):  # a Handler subclass: it gets each batch of changes
+        return target(settings, consumer, app)  # type: ignore[no-any-return]
     return FunctionHandler(settings, consumer, app)

@@ -10,7 +10,9 @@ Then, each in its own processes and from the beginning of that topic:
 
 (a) raw: an AIOKafkaConsumer reads the topic to its end with getmany, no processing
     (before and after the rest; the faster run is the baseline, the machine is noisy);
-(b) noop: a consumer whose handler is ``bench.handlers:noop``, on one worker, then two;
+(b) noop: a consumer whose handler is ``bench.handlers:Noop`` (a Handler that takes each
+    batch and does nothing: the consumer's own cost), on one worker, then two; and
+    ``bench.handlers:noop``, a function that gets each event decoded as a dict, on one;
 (c) mysql: a consumer with ``handler = "mysql"`` into a fresh MariaDB database, one worker
     and two (checked afterwards: the destination holds exactly the rows the events leave).
 
@@ -59,7 +61,7 @@ PARTITIONS = 8  # the product default ([aesop].partitions)
 TABLE = "changes"
 FILE = "mysql-bin.000004"
 TARGETS = {"noop_ratio_min": 0.5}
-PHASES = ("raw", "noop1", "noop2", "mysql1", "mysql2")
+PHASES = ("raw", "noop1", "noop2", "fn1", "mysql1", "mysql2")
 
 
 # -- the events ---------------------------------------------------------------------------
@@ -502,8 +504,9 @@ def measure(run: Run, events: int, phases: set[str], profile: str | None) -> dic
     raw_runs = [raw_run(run.topic)]
     print(f"raw consume: {raw_runs[0]['events_per_s']:.0f} events/s", flush=True)
     for phase, handler, workers in (
-        ("noop1", "bench.handlers:noop", 1),
-        ("noop2", "bench.handlers:noop", 2),
+        ("noop1", "bench.handlers:Noop", 1),
+        ("noop2", "bench.handlers:Noop", 2),
+        ("fn1", "bench.handlers:noop", 1),
         ("mysql1", "mysql", 1),
         ("mysql2", "mysql", 2),
     ):
@@ -551,6 +554,7 @@ def _report(results: dict[str, Any]) -> None:
     for phase, label in (
         ("noop1", "(b) no-op handler, 1 worker"),
         ("noop2", "(b) no-op handler, 2 workers"),
+        ("fn1", "(b) no-op function (gets each event as a dict), 1 worker"),
         ("mysql1", "(c) mysql handler, 1 worker"),
         ("mysql2", "(c) mysql handler, 2 workers"),
     ):

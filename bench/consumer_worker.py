@@ -17,7 +17,6 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -37,16 +36,16 @@ class Progress:
         self.partitions: Counter[str] = Counter()
         self.written = 0.0
 
-    def batch(self, events: Sequence[Any]) -> None:
+    def batch(self, batch: Any) -> None:
         now = time.time()
         cpu = time.process_time()
         if self.first is None:
             self.first, self.cpu_first = now, cpu
         self.last, self.cpu_last = now, cpu
-        self.events += len(events)
         self.batches += 1
-        for event in events:
-            self.partitions[f"{event.message.topic}/{event.message.partition}"] += 1
+        for tp, records in batch.records.items():  # an agents.fetch.Round
+            self.events += len(records)
+            self.partitions[f"{tp.topic}/{tp.partition}"] += len(records)
         if now - self.written >= WRITE_EVERY_S:
             self.write()
 
@@ -72,9 +71,9 @@ def _count_batches(progress: Progress) -> None:
 
     process = ConsumerRunner.process
 
-    async def counted(self: ConsumerRunner, events: Sequence[Any]) -> None:
-        await process(self, events)
-        progress.batch(events)
+    async def counted(self: ConsumerRunner, batch: Any) -> None:
+        await process(self, batch)
+        progress.batch(batch)
 
     ConsumerRunner.process = counted  # type: ignore[method-assign]
     atexit.register(progress.write)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from agents.handlers import Transient
+from agents.handlers import Change, Handler, Transient
 
 
 def _append(event: dict[str, Any], how: str) -> None:
@@ -42,3 +43,19 @@ def flaky(event: dict[str, Any]) -> None:
     if os.path.exists(os.environ["AESOP_TEST_GATE"]):
         raise Transient("destination gate closed")
     _append(event, "flaky")
+
+
+class RecordBatches(Handler):
+    """A Handler subclass: gets whole batches; records each change's event as ``batch``,
+    after checking that its decoded head agrees with the event."""
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            event, head = change.event, change.head
+            assert (head.op, head.scn, head.row, head.source.name) == (
+                event["op"],
+                event["scn"],
+                event["row"],
+                event["source"]["name"],
+            ), change
+            _append(event, "batch")

@@ -98,7 +98,7 @@ def assert_key_order(seen: list[dict[str, Any]]) -> None:
         last[key] = here
 
 
-def test_one_consumer_reads_two_relays_in_key_order_sync_and_async(
+def test_one_consumer_reads_two_relays_in_key_order_sync_async_and_batch(
     workers: WorkerFactory, tmp_path: Path, unique: str, database: str
 ) -> None:
     second = f"{database}_b"
@@ -109,6 +109,7 @@ def test_one_consumer_reads_two_relays_in_key_order_sync_and_async(
         specs = [source_spec("a", database, topics[0]), source_spec("b", second, topics[1])]
         extra = consumer_toml(f"{app_id}-sync", topics, f"{HANDLERS}:record")
         extra += consumer_toml(f"{app_id}-async", topics, f"{HANDLERS}:record_async")
+        extra += consumer_toml(f"{app_id}-batch", topics, f"{HANDLERS}:RecordBatches")
         config = write_config(tmp_path / "aesop.toml", app_id, specs, extra=extra)
         out = tmp_path / "seen.jsonl"
         worker = workers.start(config, env={"AESOP_TEST_RECORD": str(out)})
@@ -118,18 +119,17 @@ def test_one_consumer_reads_two_relays_in_key_order_sync_and_async(
 
         def both_done() -> bool:
             seen = records(out)
-            return (
-                sum(e["how"] == "sync" for e in seen) >= expected
-                and sum(e["how"] == "async" for e in seen) >= expected
+            return all(
+                sum(e["how"] == how for e in seen) >= expected for how in ("sync", "async", "batch")
             )
 
-        wait_until(both_done, timeout=90, what=f"{expected} changes seen by both handlers")
+        wait_until(both_done, timeout=90, what=f"{expected} changes seen by each handler")
         published = read_topic(topics[0], count_then_settle(1, 0.5)) + read_topic(
             topics[1], count_then_settle(1, 0.5)
         )
         published_ids = sorted(identity(m["value"]) for m in published)
         assert len(published_ids) == expected
-        for how in ("sync", "async"):
+        for how in ("sync", "async", "batch"):
             seen = [e for e in records(out) if e["how"] == how]
             assert sorted(identity(e) for e in seen) == published_ids, f"{how}: once each"
             assert {e["source"]["name"] for e in seen} == {"a", "b"}
@@ -144,7 +144,7 @@ def test_one_consumer_reads_two_relays_in_key_order_sync_and_async(
                 if m["value"]["source"]["name"] == message_topic[-1]:
                     last[m["partition"]] = m
             for partition, m in last.items():
-                for group in (f"{app_id}-sync", f"{app_id}-async"):
+                for group in (f"{app_id}-sync", f"{app_id}-async", f"{app_id}-batch"):
                     path = f"/aesop-test/{app_id}/consumers/{group}/{message_topic}/{partition}"
                     mirrored = zk_get(path)
                     assert mirrored is not None, path
@@ -359,6 +359,10 @@ def test_check_and_worker_reject_a_handler_or_destination_they_cannot_use(
     assert_one_error(aesop_check(missing), 1, "error: [[consumer]]", "cannot import")
     absent = config(f"{HANDLERS}:no_such_function")
     assert_one_error(aesop_check(absent), 1, "error: [[consumer]]", "has no function")
+    not_a_handler = config(f"{HANDLERS}:Transient")
+    assert_one_error(
+        aesop_check(not_a_handler), 1, "error: [[consumer]]", "not an agents.handlers.Handler"
+    )
     down = config("mysql", 'mysql = "mysql://root@127.0.0.1:1/replica"\n')
     assert_one_error(aesop_check(down), 1, "error: consumer", "unreachable", "127.0.0.1:1")
     good = aesop_check(config("route"))
