@@ -17,6 +17,7 @@ Seconds behind, as the report defines it:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -126,6 +127,10 @@ class Mirrored:
     bad: dict[str, str] = field(default_factory=dict)  # path -> why it was ignored
 
 
+_zk_log = logging.getLogger("aesop.lag.zookeeper")
+_zk_log.setLevel(logging.WARNING)
+
+
 def _read_zookeeper(settings: Settings) -> Mirrored:
     """Every relay checkpoint and consumer position under zk_root (blocking: use a thread)."""
     from kazoo.client import KazooClient
@@ -133,7 +138,9 @@ def _read_zookeeper(settings: Settings) -> Mirrored:
 
     from agents.consumer import mirror_path
 
-    client = KazooClient(hosts=settings.zookeeper, timeout=CONNECT_TIMEOUT_S)
+    # A session per report (every few seconds on a worker): its connect and close lines
+    # are not worth logging; warnings and errors still are.
+    client = KazooClient(hosts=settings.zookeeper, timeout=CONNECT_TIMEOUT_S, logger=_zk_log)
     try:
         client.start(timeout=CONNECT_TIMEOUT_S)
     except Exception:
