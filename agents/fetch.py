@@ -8,11 +8,12 @@ consumer app, the :class:`RoundConsumer` instead puts each fetch round of the co
 topics, as the aiokafka records per partition in offset order, into the topic's queue as
 one :class:`Round`, tagged with the group generation it was fetched in and a serial number.
 
-A round is only delivered when the generation was the same when its fetch started and when
-it returned, and the flow is active, so it was fetched at positions of the current
-assignment (Faust seeks to the committed offsets before it resumes the flow). Messages of
-any other topic (the applied table's changelog) take Faust's own per-message path, with
-its own rules (a changelog being recovered is not sought back: nothing of it may be lost).
+A round is delivered when its fetch returns while the flow is active, tagged with the
+generation of that moment; the agent processes a partition's records only when they run on
+from the offset it processed last (else it seeks back), and drops a round only when a
+rebalance is under way, which ends with Faust seeking every partition to its committed
+offset: nothing dropped is passed by. Messages of any other topic (the applied table's
+changelog) take Faust's own per-message path.
 
 Nothing of a round is acked to Faust: the agent commits the offsets it processed itself
 (:meth:`RoundConsumer.commit_offsets`), and it finishes or gives up its batch in hand when
@@ -108,7 +109,6 @@ class RoundConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(fetching)
-                started_in = self.app.consumer_generation_id
                 self.fetches_started += 1
                 serial = self.fetches_started
                 records, active_partitions = await self._wait_next_records(1.0)
@@ -121,11 +121,10 @@ class RoundConsumer(faust_aiokafka.Consumer):
                     except Exception as exc:
                         self.log.warning(f"exception performing seek when flow not active {exc}")
                     continue
+                # Records that came back while the flow is active belong to the partitions
+                # assigned now, whenever the fetch started; the agent checks that each
+                # partition's offsets run on from what it processed (and seeks back if not).
                 generation = self.app.consumer_generation_id
-                # A round is only kept when fetched within one generation: one fetched
-                # across a rebalance is read again from the new assignment's positions.
-                # Other records (a changelog being recovered) are delivered as Faust does.
-                whole = started_in == generation
                 rounds: dict[RoundTopic, Round] = {}
                 for tp, tp_records in records.items():
                     if not tp_records or not (
@@ -137,8 +136,6 @@ class RoundConsumer(faust_aiokafka.Consumer):
                     track_end_offset(tp, self.highwater(tp))
                     channel = self._round_channel(tp)
                     if channel is not None:
-                        if not whole:
-                            continue
                         batch = rounds.get(channel)
                         if batch is None:
                             batch = rounds[channel] = Round(generation, serial, {})
