@@ -35,7 +35,7 @@ from typing import Any
 from faust.types import TP
 from mode import Service
 
-from agents.event import BadMessage, Change, decode_head, fast_decode_head, parse
+from agents.event import BadMessage, Change, decode_head, fast_decode_head
 from agents.fetch import Round, RoundApp
 from agents.handlers import EventFailed, Handler, build_handler
 from app.errors import AesopError
@@ -57,12 +57,10 @@ REVOKE_TIMEOUT_S = 10.0
 RECORDS_IN_FLIGHT = 4  # batches whose position writes may await Kafka's ack at once
 PAUSE_STEP_S = 0.2
 
-__all__ = ["BadMessage", "ConsumerRunner", "parse"]
-
 
 class Abandoned(Exception):
     """A batch waiting on a transient error is given up because the worker stops or its
-    partitions are being revoked; it is not acked, so whoever owns them next reads it again
+    partitions are being revoked; it is not committed, so whoever owns them next reads it again
     (and skips what was applied by ``(scn, row)``)."""
 
 
@@ -132,7 +130,6 @@ class ConsumerRunner(Service):
         self._fallback: dict[TP, dict[str, Any] | None] = {}
         self._warned_sources: set[TP] = set()
         self._stopping = False
-        self._abandoned_generation: int | None = None
         # Per partition: the offset that must come next (nothing is passed by), the fetch
         # serial at which a seek back to it was made, the next offset to commit (everything
         # before it is applied, skipped or dead-lettered) and the last one committed.
@@ -208,12 +205,12 @@ class ConsumerRunner(Service):
             if (
                 type(batch) is not Round
                 or batch.generation != app.consumer_generation_id
-                or batch.generation == self._abandoned_generation
                 or app.rebalancing
                 or not app.flow_control.is_active()
             ):
-                # Fetched before a rebalance (or after a batch of its assignment was given
-                # up): the new assignment reads these partitions again from committed offsets.
+                # Fetched in an earlier assignment, or while a rebalance is under way (as when
+                # a batch was just given up): the rebalance ends with Faust seeking to the
+                # committed offsets, so these are read again.
                 continue
             self._idle.clear()
             try:
@@ -221,7 +218,6 @@ class ConsumerRunner(Service):
             except Abandoned:
                 if self._stopping:
                     return
-                self._abandoned_generation = batch.generation
             finally:
                 self._idle.set()
 

@@ -23,7 +23,6 @@ partitions are revoked.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +33,6 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-
-log = logging.getLogger(__name__)
 
 DELIVERY_WAIT_S = 0.002  # how often a fetched round looks for room in the agent's queue
 

@@ -36,12 +36,10 @@ class AesopCollector(Collector):
         self,
         relays: Any,
         consumers: Iterable[Any],
-        topics_of: Callable[[str], Iterable[str]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.relays = relays
         self.consumers = list(consumers)
-        self.topics_of = topics_of
         self.clock = clock
         # (consumer, topic, partition) -> when a scrape first saw changes waiting there.
         self._waiting_since: dict[tuple[str, str, int], float] = {}
@@ -158,7 +156,7 @@ class AesopCollector(Collector):
         if not app.started or app.should_stop:
             return
         consumer = app.consumer
-        topics = set(self.topics_of(runner.name))
+        topics = set(runner.consumer.topics)
         try:
             assigned = sorted(tp for tp in consumer.assignment() if tp.topic in topics)
         except Exception:  # the Kafka consumer is not running (yet, or any more)

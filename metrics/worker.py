@@ -6,13 +6,11 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import REGISTRY
 
 from agents.worker import consumers
-from app.main import app, settings
+from app.main import app
 from metrics.collector import AesopCollector
 from relay.worker import relays
-
-_topics = {consumer.name: consumer.topics for consumer in settings.consumers}
 
 # Faust's series are named faust_*, whatever the app id, so rules and dashboards fit every
 # deployment; the default registry adds the process_* and python_* series.
 setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="faust")
-REGISTRY.register(AesopCollector(relays, consumers, topics_of=_topics.__getitem__))
+REGISTRY.register(AesopCollector(relays, consumers))
