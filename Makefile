@@ -4,7 +4,7 @@ VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status venv demo test lint bench
+.PHONY: help up down status venv demo test lint bench soak
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,10 @@ test: up venv ## Run the whole test suite against the local stack
 lint: venv ## ruff lint and format check
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-bench: up venv ## Run the relay, then the consumer benchmark (figures as ratios to baselines)
+bench: up venv ## Run the relay, consumer and latency benchmarks (figures as ratios to baselines)
 	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.relay_bench
 	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.consumer_bench
+	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.latency_bench
+
+soak: up venv ## Seeded chaos soak: faults under load, then nothing lost (ARGS="--minutes 6 --seed 1")
+	cd $(ROOT) && $(PY) -m bench.soak $(ARGS)

@@ -10,10 +10,11 @@ one :class:`Round`, tagged with the group generation it was fetched in and a ser
 
 A round is delivered when its fetch returns while the flow is active, tagged with the
 generation of that moment; the agent processes a partition's records only when they run on
-from the offset it processed last (else it seeks back), and drops a round only when a
-rebalance is under way, which ends with Faust seeking every partition to its committed
-offset: nothing dropped is passed by. Messages of any other topic (the applied table's
-changelog) take Faust's own per-message path.
+from the offset it processed last (else it seeks back), and drops a round only when it was
+fetched in an earlier generation, whose end had Faust seek every partition to its committed
+offset: nothing dropped is passed by. A round of the current generation that arrives while
+its rebalance is still finishing waits for it. Messages of any other topic (the applied
+table's changelog) take Faust's own per-message path.
 
 Nothing of a round is acked to Faust: the agent commits the offsets it processed itself
 (:meth:`RoundConsumer.commit_offsets`), and it finishes or gives up its batch in hand when
@@ -33,6 +34,8 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from app.producer import IdempotentProducer
 
 DELIVERY_WAIT_S = 0.002  # how often a fetched round looks for room in the agent's queue
 
@@ -190,6 +193,7 @@ async def _seek(consumer: AIOKafkaConsumer, tp: TP, offset: int) -> None:
 
 class RoundTransport(faust_aiokafka.Transport):
     Consumer = RoundConsumer
+    Producer = IdempotentProducer  # dead letters and routed changes are never written twice
 
 
 class RoundApp(faust.App):

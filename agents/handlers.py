@@ -22,6 +22,7 @@ import asyncio
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from agents.event import Change
@@ -36,6 +37,16 @@ class Transient(Exception):
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (Transient, ConnectionError, TimeoutError)
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """A partition's last applied change, as the destination recorded it."""
+
+    offset: int
+    source: str | None = None
+    scn: int | None = None
+    row: int | None = None
+
+
 class EventFailed(Exception):
     """``changes[index]`` failed; ``changes[:index]`` were applied."""
 
@@ -46,7 +57,15 @@ class EventFailed(Exception):
         self.transient = transient
 
 
-__all__ = ["TRANSIENT_ERRORS", "Change", "EventFailed", "Handler", "Transient", "build_handler"]
+__all__ = [
+    "TRANSIENT_ERRORS",
+    "Applied",
+    "Change",
+    "EventFailed",
+    "Handler",
+    "Transient",
+    "build_handler",
+]
 
 
 class Handler:
@@ -62,6 +81,12 @@ class Handler:
 
     async def apply(self, changes: Sequence[Change]) -> None:
         raise NotImplementedError
+
+    async def applied(self, topic: str, partition: int) -> Applied | None:
+        """The last change the destination itself holds as applied in this partition
+        (recorded with it, atomically), if the handler keeps one; the consumer skips what is
+        at or below its offset, and re-published changes at or below its ``(scn, row)``."""
+        return None
 
     async def stop(self) -> None:
         """Release connections; called once when the consumer stops."""

@@ -10,8 +10,7 @@ source's columns (more columns are fine: they keep their defaults).
 - ``d``: a delete by primary key.
 - A table without a primary key (event ``key`` null): an update or delete removes one row
   equal to ``before`` in every column (``LIMIT 1``), an insert or update inserts ``after``.
-  Re-applying such a change after a crash between applying and recording it can leave a
-  duplicate row: only a primary key makes a replay idempotent.
+  Re-applying such a change would leave a duplicate row: see the applied offsets below.
 
 Values come back from their JSON forms losslessly, by the destination column's type (read
 once per table from information_schema): base64 for binary strings, SET lists, JSON
@@ -20,6 +19,16 @@ with ``time_zone = '+00:00'`` (TIMESTAMP values are UTC) and a strict ``sql_mode
 zero dates (a value the destination cannot hold is refused, not truncated). Foreign key
 checks are off in the session: changes of different tables travel in different partitions
 and may arrive in another order than they were committed.
+
+Exactly once, keyless tables included: when the URL names a database, each batch's
+transaction also records, per partition, the offset, source and ``(scn, row)`` of its last
+change in that database's ``aesop_offsets`` table (created if missing, or given the newer
+columns; key: consumer, topic, partition). The consumer reads it when it takes a partition
+and skips what is at or below that offset, and changes a relay re-published (at new offsets)
+at or below that ``(scn, row)``, so a crash between applying a batch and recording its
+position elsewhere never applies it twice. Without a database in the URL (or the right to
+create that table) a replay can duplicate rows of a table without a primary key, and a
+warning says so once.
 
 A batch is one transaction. When the destination refuses a change, the batch is rolled
 back and re-applied change by change (a savepoint each) to find it: the changes before it
@@ -43,11 +52,16 @@ from typing import Any
 import orjson
 import pymysql
 
-from agents.handlers import Change, EventFailed, Handler
+from agents.handlers import Applied, Change, EventFailed, Handler
 from app.errors import AesopError
 from app.settings import MySQLURL
 
 log = logging.getLogger(__name__)
+
+# Of aesop_offsets beside the offset: the last applied change's source and (scn, row).
+POSITION_COLUMNS = (
+    "source VARCHAR(190) CHARACTER SET utf8mb4 NULL, scn BIGINT NULL, scn_row INT NULL"
+)
 
 # Strict, so a value the destination cannot hold is an error rather than a silent truncation;
 # without NO_ZERO_DATE / NO_ZERO_IN_DATE, so zero dates go through as the source had them.
@@ -181,6 +195,10 @@ class MySQLHandler(Handler):
         self._conn: Any = None
         self._tables: dict[tuple[str, str], Table] = {}
         self._mariadb = True
+        # Where each batch records its partitions' last offsets, in the same transaction
+        # (None: no database in the URL, or the table could not be created).
+        self._offsets: str | None = None
+        self._warned_offsets = False
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mysql-{self.consumer.name}")
@@ -199,6 +217,9 @@ class MySQLHandler(Handler):
             index, exc, transient = failed
             raise EventFailed(index, exc, transient) from exc
 
+    async def applied(self, topic: str, partition: int) -> Applied | None:
+        return await self._run(self._read_applied, topic, partition)  # type: ignore[no-any-return]
+
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         if self._executor is None:
             await self.start()
@@ -213,6 +234,7 @@ class MySQLHandler(Handler):
             with conn.cursor() as cur:
                 for statement in self._statements(conn, self._steps(conn, changes)):
                     cur.execute(statement)
+                self._record_offsets(conn, cur, changes)
             conn.commit()
             return None
         except Exception as exc:
@@ -240,8 +262,10 @@ class MySQLHandler(Handler):
                         if is_transient(exc):
                             raise
                         cur.execute("ROLLBACK TO SAVEPOINT aesop_change")
+                        self._record_offsets(conn, cur, changes[:index])
                         conn.commit()
                         return index, exc, False
+                self._record_offsets(conn, cur, changes)
             conn.commit()
             return None
         except Exception as exc:
@@ -264,9 +288,86 @@ class MySQLHandler(Handler):
                 for statement in SESSION:
                     cur.execute(statement)
             self._mariadb = "mariadb" in conn.get_server_info().lower()
+            self._offsets = self._offsets_table(conn)
             self._conn = conn
             log.info("consumer %s: connected to %s", self.consumer.name, self.url)
         return self._conn
+
+    def _offsets_table(self, conn: Any) -> str | None:
+        db = self.url.database
+        why = "the consumer's mysql URL names no database"
+        if db is not None:
+            name = f"{quote(db)}.aesop_offsets"
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        f"CREATE TABLE IF NOT EXISTS {name} (consumer VARCHAR(190) NOT NULL,"
+                        " topic VARCHAR(249) NOT NULL, part INT NOT NULL,"
+                        f" last_offset BIGINT NOT NULL, {POSITION_COLUMNS},"
+                        " PRIMARY KEY (consumer, topic, part)) CHARACTER SET ascii"
+                    )
+                    cur.execute(
+                        "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s"
+                        " AND TABLE_NAME = 'aesop_offsets' AND COLUMN_NAME = 'scn'",
+                        (db,),
+                    )
+                    if not cur.fetchone()[0]:  # made by an earlier aesop: offsets only
+                        columns = ", ".join(f"ADD COLUMN {c}" for c in POSITION_COLUMNS.split(", "))
+                        cur.execute(f"ALTER TABLE {name} {columns}")
+                conn.commit()
+                return name
+            except pymysql.err.MySQLError as exc:
+                why = f"cannot create {name} ({exc.args[-1]})"
+        if not self._warned_offsets:
+            self._warned_offsets = True
+            log.warning(
+                "consumer %s: %s: applied offsets are not kept in the destination, so a "
+                "replay after a crash can duplicate rows of tables without a primary key",
+                self.consumer.name, why,
+            )  # fmt: skip
+        return None
+
+    def _record_offsets(self, conn: Any, cur: Any, changes: Sequence[Change]) -> None:
+        if self._offsets is None or not changes:
+            return
+        last: dict[tuple[str, int], Change] = {}
+        for change in changes:
+            last[(change.topic, change.partition)] = change
+        consumer = conn.escape(self.consumer.name)
+        rows = ",".join(
+            f"({consumer},{conn.escape(topic)},{partition},{change.offset},"
+            f"{conn.escape(change.head.source.name)},{change.head.scn},{change.head.row})"
+            for (topic, partition), change in last.items()
+        )
+        # The position columns follow the offset only when it moves on (they are assigned
+        # first: each assignment sees the ones before it).
+        newer = "VALUES(last_offset) > last_offset"
+        cur.execute(
+            f"INSERT INTO {self._offsets} (consumer, topic, part, last_offset, source, scn,"
+            f" scn_row) VALUES {rows} ON DUPLICATE KEY UPDATE"
+            f" source = IF({newer}, VALUES(source), source),"
+            f" scn = IF({newer}, VALUES(scn), scn),"
+            f" scn_row = IF({newer}, VALUES(scn_row), scn_row),"
+            " last_offset = GREATEST(last_offset, VALUES(last_offset))"
+        )
+
+    def _read_applied(self, topic: str, partition: int) -> Applied | None:
+        conn = self._connection()
+        if self._offsets is None:
+            return None
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    f"SELECT last_offset, source, scn, scn_row FROM {self._offsets}"
+                    " WHERE consumer = %s AND topic = %s AND part = %s",
+                    (self.consumer.name, topic, partition),
+                )
+                row = cur.fetchone()
+            conn.commit()  # end the read's snapshot
+        except Exception:
+            self._disconnect()
+            raise
+        return None if row is None else Applied(*row)
 
     def _rollback(self) -> None:
         try:

@@ -126,11 +126,12 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
-    """Exit 0 when every lag is within the limit, 1 above it, 3 when a service is unreachable."""
+    """Exit 0 when every lag is within the limit, 1 above it, 3 when a service is unreachable
+    or no live worker reads a source."""
     import orjson
 
     from app import mail
-    from app.lag import build_report
+    from app.lag import build_report, unread_sources
 
     async def run() -> dict[str, Any]:
         report = await build_report(settings)
@@ -146,7 +147,7 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(mail.render(report))
     limit = settings.lag.critical_seconds if args.max_lag_seconds is None else args.max_lag_seconds
-    down = mail.down_services(report)
+    down = mail.down_services(report) + unread_sources(report)
     lags = [(f"source {s['name']}", s["behind"]["seconds"]) for s in report["sources"]]
     lags += [(f"consumer {c['name']}", c["seconds_behind"]) for c in report["consumers"]]
     over = [

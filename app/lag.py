@@ -28,6 +28,7 @@ import orjson
 from app.errors import AesopError
 from app.settings import Settings, SourceSettings
 from relay.position import Checkpoint, file_sequence, scn_of
+from tables.paths import heartbeat_path, relay_path
 
 CONNECT_TIMEOUT_S = 5.0
 FETCH_TIMEOUT_S = 2.0
@@ -123,6 +124,7 @@ class Mirrored:
     """What the ZooKeeper mirror holds: relay checkpoints and consumer positions."""
 
     relays: dict[str, Any] = field(default_factory=dict)
+    heartbeats: dict[str, Any] = field(default_factory=dict)  # source -> {worker, state, ts_ms}
     consumers: dict[tuple[str, str, int], Any] = field(default_factory=dict)
     bad: dict[str, str] = field(default_factory=dict)  # path -> why it was ignored
 
@@ -161,7 +163,10 @@ def _read_zookeeper(settings: Settings) -> Mirrored:
 
     try:
         for source in settings.sources:
-            path = f"{settings.zk_root}/relays/{source.name}"
+            beat = read(f"{settings.zk_root}{heartbeat_path(source.name)}")
+            if isinstance(beat, dict) and isinstance(beat.get("ts_ms"), int):
+                found.heartbeats[source.name] = beat
+            path = f"{settings.zk_root}{relay_path(source.name)}"
             document = read(path)
             if document is None:
                 continue
@@ -434,7 +439,7 @@ def _consumer_entry(
 
 def _no_checkpoint(settings: Settings, name: str, mirrored: Mirrored, zk_error: str | None) -> str:
     """Why a source shows no checkpoint."""
-    path = f"{settings.zk_root}/relays/{name}"
+    path = f"{settings.zk_root}{relay_path(name)}"
     if not settings.zookeeper_enabled:
         return 'no checkpoint to read: the ZooKeeper mirror is disabled (zookeeper = "")'
     if zk_error is not None:
@@ -442,6 +447,49 @@ def _no_checkpoint(settings: Settings, name: str, mirrored: Mirrored, zk_error: 
     if path in mirrored.bad:
         return f"ZooKeeper {path}: {mirrored.bad[path]}"
     return f"no checkpoint at ZooKeeper {path} yet (has the relay run?)"
+
+
+def _add_reader(
+    settings: Settings,
+    entry: dict[str, Any],
+    beat: Mapping[str, Any] | None,
+    here: bool,
+    known: bool,
+    now_ms: int,
+) -> None:
+    """Which worker runs the source's relay (its heartbeat), and whether none does: a stale
+    heartbeat, or none at all beside a checkpoint, means no live worker reads the source."""
+    reader = None
+    if beat is not None:
+        seconds_ago = round(max(0.0, (now_ms - int(beat["ts_ms"])) / 1000), 3)
+        reader = {
+            "worker": beat.get("worker"),
+            "state": beat.get("state"),
+            "seconds_ago": seconds_ago,
+        }
+    unread: bool | None = None
+    if here:
+        unread = False
+    elif known and reader is not None:
+        unread = reader["seconds_ago"] >= settings.lag.unread_seconds
+    elif known and entry["checkpoint"] is not None:
+        unread = True
+    entry["reader"], entry["unread"] = reader, unread
+    if unread:
+        entry["status"] = "critical"
+        if reader is None:
+            note = "no worker runs its relay (no heartbeat in ZooKeeper)"
+        else:
+            note = (
+                f"no worker runs its relay: the last heartbeat, from {reader['worker']}, "
+                f"is {reader['seconds_ago']:.0f}s old"
+            )
+        entry["error"] = note if entry["error"] is None else f"{entry['error']}; {note}"
+
+
+def unread_sources(report: Mapping[str, Any]) -> list[str]:
+    """One line per source that no live worker reads."""
+    return [f"source {s['name']}: {s['error']}" for s in report["sources"] if s.get("unread")]
 
 
 async def build_report(
@@ -492,17 +540,19 @@ async def build_report(
         why = mysql_error
         if checkpoint is None and why is None:
             why = _no_checkpoint(settings, source.name, mirrored, zk_error)
-        sources.append(
-            _source_entry(
-                settings,
-                source,
-                None if isinstance(server, str) else server,
-                checkpoint,
-                (relay_states or {}).get(source.name),
-                now_ms,
-                why,
-            )
+        entry = _source_entry(
+            settings,
+            source,
+            None if isinstance(server, str) else server,
+            checkpoint,
+            (relay_states or {}).get(source.name),
+            now_ms,
+            why,
         )
+        here = source.name in (relay_states or {})
+        known = settings.zookeeper_enabled and zk_error is None
+        _add_reader(settings, entry, mirrored.heartbeats.get(source.name), here, known, now_ms)
+        sources.append(entry)
     consumers = [
         _consumer_entry(settings, c, mirrored, offsets, now_ms) for c in settings.consumers
     ]

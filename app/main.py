@@ -7,6 +7,8 @@ import sys
 import faust
 
 import app.settings as settings_module
+from app import producer
+from app.assignor import WholeAssignor
 from app.errors import ConfigError
 from app.partitioner import partition_for_key
 
@@ -37,15 +39,21 @@ app = faust.App(
     web_bind="127.0.0.1",
     web_host="127.0.0.1",
     broker_session_timeout=settings.session_timeout,
+    # A subscribed topic missing from the leader's metadata is looked up again at once, not
+    # in five minutes; and metadata is refreshed every minute in any case.
+    PartitionAssignor=WholeAssignor,
+    consumer_metadata_max_age_ms=60_000,
     producer_acks=-1,
     # Rows of one key must never be reordered by a retry.
     producer_max_batch_size=256 * 1024,
     producer_linger_ms=5,
     # Kafka's default partitioning, computed at half the CPU (it ran once per change).
     producer_partitioner=partition_for_key,
-    autodiscover=["tables", "relay", "agents", "metrics", "app.dashboard"],
+    autodiscover=["tables", "relay", "agents", "metrics", "app.dashboard", "app.tasks"],
     origin="app",
 )
+
+producer.install(app)
 
 # GET /health, GET /lag and the scheduled lag email register themselves on the app.
 from app import monitor as _monitor  # noqa: E402, F401

@@ -30,6 +30,21 @@ def relay_status() -> dict[str, dict[str, Any]]:
     return relays.status()
 
 
+def unread_here() -> list[str] | None:
+    """Sources this worker has seen go unread for ``[lag] unread_seconds`` (counted from its
+    own start at the most, so a fresh worker waits before it judges)."""
+    from relay.worker import relays
+
+    if time.time() - relays.started_at < settings.lag.unread_seconds:
+        return None
+    lines = []
+    for source in settings.sources:
+        seconds = relays.unread_for(source.name)
+        if seconds is not None:
+            lines.append(f"source {source.name}: no worker has run its relay for {seconds:.0f}s")
+    return lines
+
+
 class Reports:
     """The latest lag report; concurrent callers wait for one build instead of starting many."""
 
@@ -50,22 +65,40 @@ class Reports:
 reports = Reports()
 
 
-def health(report: dict[str, Any], relays: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What is down: unreachable services, and relays of this worker that are not reading."""
+def stalled_here() -> list[str]:
+    """Consumer partitions held by this worker with changes waiting and none processed for
+    ``[lag] stalled_seconds`` (``agents.consumer``)."""
+    from agents.worker import consumers
+
+    return [line for runner in consumers for line in runner.stalled()]
+
+
+def health(
+    report: dict[str, Any],
+    relays: dict[str, dict[str, Any]],
+    unread: list[str] | None,
+    stalled: list[str],
+) -> dict[str, Any]:
+    """What is down: unreachable services, relays of this worker that are not reading,
+    sources no live worker reads, as this worker has watched them (``unread``; None while it
+    is younger than ``[lag] unread_seconds``), and consumer partitions stalled here."""
     down = mail.down_services(report)
     for name, status in relays.items():
         if status["state"] != "reading":
             reason = f": {status['reason']}" if status["reason"] else ""
             down.append(f"relay {name}: {status['state']}{reason}")
+    down += unread or []
+    down += stalled
     return {"ok": not down, "down": down, "services": report["services"], "relays": relays}
 
 
 @app.page("/health")
 class Health(web.View):
-    """200 when MySQL (each source), Kafka and ZooKeeper answer and every relay here reads."""
+    """200 when MySQL (each source), Kafka and ZooKeeper answer, every relay here reads, every
+    source is read somewhere and no consumer partition here is stalled."""
 
     async def get(self, request: web.Request) -> web.Response:
-        body = health(await reports.get(), relay_status())
+        body = health(await reports.get(), relay_status(), unread_here(), stalled_here())
         return self.json(body, status=200 if body["ok"] else 503)
 
 

@@ -12,13 +12,17 @@ from dataclasses import dataclass
 class RetryPolicy:
     """Exponential backoff with full jitter around the nominal delay.
 
+    ``maximum`` caps the nominal delay at 5 s: a service that comes back after a long outage is
+    tried again within seconds (changes flow again within 10 s of it being back), at the cost
+    of one attempt, and one log line, every 5 s or so while it is down.
+
     ``deadline`` is in seconds from the first attempt; ``None`` retries forever, which is
     what a relay wants: giving up on a source would stall it silently.
     """
 
     initial: float = 0.5
     multiplier: float = 2.0
-    maximum: float = 30.0
+    maximum: float = 5.0
     jitter: float = 0.25
     deadline: float | None = None
 

@@ -87,10 +87,15 @@ class ConsumerSettings:
 
 @dataclass(frozen=True)
 class LagSettings:
-    """[lag]: the seconds behind at which a source or consumer turns amber, then red."""
+    """[lag]: the seconds behind at which a source or consumer turns amber, then red; how
+    long a source may go without a live relay on any worker before it is reported unread; and
+    how long a consumer's partition may have changes waiting with none processed before its
+    worker reports it stalled (and reads it again from where it is)."""
 
     warn_seconds: float = 60.0
     critical_seconds: float = 300.0
+    unread_seconds: float = 10.0
+    stalled_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,8 @@ CONSUMER_KEYS: dict[str, tuple[type, bool]] = {
 LAG_KEYS: dict[str, tuple[type, bool]] = {
     "warn_seconds": (float, False),
     "critical_seconds": (float, False),
+    "unread_seconds": (float, False),
+    "stalled_seconds": (float, False),
 }
 SMTP_KEYS: dict[str, tuple[type, bool]] = {
     "host": (str, True),
@@ -333,7 +340,17 @@ def _lag(checker: _Checker, raw: Any) -> LagSettings:
         raise checker.fail(
             "[lag].critical_seconds", f"must be at least warn_seconds ({warn:g}), got {critical:g}"
         )
-    return LagSettings(warn_seconds=warn, critical_seconds=critical)
+    unread = float(table.get("unread_seconds", LagSettings.unread_seconds))
+    if not unread >= 5:
+        raise checker.fail(
+            "[lag].unread_seconds", f"must be at least 5 (relays report every 2 s), got {unread:g}"
+        )
+    stalled = float(table.get("stalled_seconds", LagSettings.stalled_seconds))
+    if not stalled >= 5:
+        raise checker.fail("[lag].stalled_seconds", f"must be at least 5, got {stalled:g}")
+    return LagSettings(
+        warn_seconds=warn, critical_seconds=critical, unread_seconds=unread, stalled_seconds=stalled
+    )
 
 
 def _smtp(checker: _Checker, raw: Any) -> SmtpSettings:

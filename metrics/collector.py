@@ -52,6 +52,9 @@ class AesopCollector(Collector):
         now = self.clock()
         self._relay_samples(families, now)
         self._consumer_samples(families, now)
+        unread = families[-1]
+        for source in self.relays.sources:
+            unread.add_metric([source.name], self.relays.unread_for(source.name, now) or 0.0)
         return iter(families)
 
     @staticmethod
@@ -95,6 +98,9 @@ class AesopCollector(Collector):
                    "While messages wait in the partition: seconds since it last applied "
                    "one (or since a scrape first saw them waiting, if later); else 0.",
                    ["consumer", "topic", "partition"]),
+            _gauge("aesop_source_unread_seconds",
+                   "Seconds the source has gone without a live relay on any worker, as this "
+                   "worker sees it (once past [lag] unread_seconds; else 0).", ["source"]),
         ]  # fmt: skip
 
     def _relay_samples(self, families: list[Metric], now: float) -> None:
@@ -115,7 +121,7 @@ class AesopCollector(Collector):
                 age.add_metric([name], max(0.0, now - relay.saved.ts_ms / 1000))
 
     def _consumer_samples(self, families: list[Metric], now: float) -> None:
-        consumed, applied, skipped, dead, retries, applied_scn, lag_events, lag_s = families[7:]
+        consumed, applied, skipped, dead, retries, applied_scn, lag_events, lag_s = families[7:15]
         waiting: set[tuple[str, str, int]] = set()
         for runner in self.consumers:
             name, stats = runner.name, runner.stats

@@ -38,7 +38,7 @@ from app.errors import DecodeError, PositionLostError, SourceError
 from app.settings import SourceSettings
 from relay import values
 from relay.decoder import RowDecoder, layout_key
-from relay.handoff import Batch, Change, Handoff
+from relay.handoff import Batch, Change, Handoff, Stopped
 from relay.include import TableFilter
 from relay.position import Position, scn_of
 
@@ -83,6 +83,10 @@ BATCH_MAX = 500
 HEARTBEAT_S = 1.0
 READ_TIMEOUT_S = 10
 POSITION_EVERY_S = 1.0
+
+
+class RowDecodeError(DecodeError):
+    """An event the library failed on: a defect or a corrupt stream, retried with backoff."""
 
 
 def connection_settings(source: SourceSettings) -> dict[str, Any]:
@@ -156,6 +160,7 @@ class BinlogReader:
         # layout key is only built when a new table map comes (once per transaction).
         self._last_decoder: dict[tuple[str, str], tuple[Any, RowDecoder]] = {}
         self._ctl: pymysql.connections.Connection | None = None
+        self._file = start.file  # the binlog file being read, for error messages
         self._is_mariadb = False
 
     def stop(self) -> None:
@@ -182,6 +187,19 @@ class BinlogReader:
                     "consumers, and delete the checkpoint to restart from 'start'"
                 ) from None
             raise SourceError(f"source {self.source.name!r}: {reason}") from exc
+        except (SourceError, Stopped, pymysql.err.Error, OSError):
+            raise
+        except Exception as exc:
+            if self.stopping.is_set():
+                return
+            # Not the connection: an event the reader could not decode. Reported as such,
+            # never as a lost connection (which would hide a decoding defect).
+            stream = self._stream
+            pos = getattr(stream, "log_pos", None)
+            raise RowDecodeError(
+                f"source {self.source.name!r}: the binlog event before {self._file}:{pos} "
+                f"could not be decoded ({exc!r}); reading again from {self.resume}"
+            ) from exc
         finally:
             self._close()
 
@@ -213,7 +231,7 @@ class BinlogReader:
         )
         txn = _Transaction()
         batch = Batch(resume=self.start)
-        current_file = self.start.file
+        current_file = self._file = self.start.file
         # The GTID of the last transaction that ended, for a resume point taken at a Rotate.
         ended_gtid = self.start.gtid
         while not self.stopping.is_set():
@@ -247,6 +265,12 @@ class BinlogReader:
                 txn.begin(event.gtid, open_=False)
             elif kind is RotateEvent:
                 current_file = event.next_binlog
+                # Table ids are only unique within one binlog file: a restarted server reuses
+                # them for other tables. The library keeps its id -> table cache across the
+                # rotate that starts a file (timestamp 0), and with freeze_schema it then
+                # decodes rows under another table's columns; start every file afresh.
+                stream.table_map = {}
+                self._file = current_file
                 if not txn.open:
                     batch.resume = Position(current_file, event.position, ended_gtid)
             elif kind is HeartbeatLogEvent:

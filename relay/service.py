@@ -2,12 +2,25 @@
 
 A source's relay runs on the worker that holds its checkpoint partition as active, so a
 group of workers runs each source exactly once and hands it over on rebalance.
+
+Faust's callbacks alone do not keep that true: a recovery cut short, callbacks in an
+unexpected order, or a group leader whose metadata lacks the checkpoint topic (after a Kafka
+restart, or when two workers start together) can leave a partition active with no relay, or
+assigned to nobody. So every ``RECONCILE_S`` seconds, once the worker is settled (no rebalance
+or recovery under way), the manager makes "relay runs here" equal to "partition active here",
+and writes a heartbeat for each relay it runs to ``<zk_root>/heartbeats/<source>``. A worker
+that sees a source without a fresh heartbeat for ``[lag] unread_seconds`` reports it (``GET
+/health`` is 503, ``/lag`` and ``aesop lag`` say so) and asks the group to rebalance with fresh
+metadata, at most once per ``REJOIN_EVERY_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import time
 from typing import Any
 
 from mode import Service
@@ -15,19 +28,44 @@ from mode import Service
 from app.settings import SourceSettings
 from relay.source import SourceRelay
 from tables.checkpoints import CheckpointStore, partition_of, source_to_checkpoint
+from tables.paths import heartbeat_path
 
 log = logging.getLogger(__name__)
+
+RECONCILE_S = 2.0
+REJOIN_EVERY_S = 30.0
+READ_TIMEOUT_S = 2.0
+
+
+def worker_name(web_port: int) -> str:
+    return f"{socket.gethostname()}:{web_port} (pid {os.getpid()})"
 
 
 class RelayManager(Service):
     """Starts the relays whose checkpoint partitions this worker holds, stops revoked ones."""
 
-    def __init__(self, app: Any, sources: tuple[SourceSettings, ...], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        sources: tuple[SourceSettings, ...],
+        unread_seconds: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.app = app
         self.sources = sources
+        self.unread_seconds = unread_seconds
         self.store = CheckpointStore()
         self.relays: dict[str, SourceRelay] = {}
+        self.worker = worker_name(app.conf.web_port)
+        # Per source, the latest heartbeat read from ZooKeeper (None: none there).
+        self.heartbeats: dict[str, dict[str, Any] | None] = {}
+        self.started_at = time.time()
+        # Since when ZooKeeper could be read without a break: after an outage, heartbeats
+        # are as old as the outage until their writers catch up, which is no sign of a stall.
+        self._readable_since: float | None = None
+        self._last_rejoin = 0.0
+        self._closed = False
         self._lock = asyncio.Lock()
 
     def owned(self) -> list[SourceSettings]:
@@ -41,17 +79,29 @@ class RelayManager(Service):
         """Per source this worker runs, its relay's state (see ``relay.source``)."""
         return {name: relay.status() for name, relay in sorted(self.relays.items())}
 
+    def settled(self) -> bool:
+        """No rebalance or table recovery under way: the assignment can be trusted."""
+        recovery = self.app.tables.recovery
+        return not self.app.rebalancing and recovery.completed.is_set()
+
     async def on_recovered(self) -> None:
         """After table recovery: run what we own, stop what we no longer own."""
+        await self._reconcile()
+
+    async def _reconcile(self) -> None:
         async with self._lock:
+            if self._closed:
+                return  # stopping: nothing starts any more
             wanted = {s.name: s for s in self.owned()}
             for name in list(self.relays):
                 if name not in wanted:
+                    log.info("relay %s: partition no longer active here; stopping", name)
                     await self.relays.pop(name).stop()
             for name, source in wanted.items():
                 if name not in self.relays:
                     relay = self.relays[name] = SourceRelay(self.app, source, self.store)
                     relay.start()
+            self._beat()
 
     async def on_revoked(self, revoked: set[Any]) -> None:
         topic = source_to_checkpoint.changelog_topic_name
@@ -61,7 +111,77 @@ class RelayManager(Service):
                 log.info("relay %s: partition revoked; stopping", name)
                 await self.relays.pop(name).stop()
 
+    def _beat(self) -> None:
+        now_ms = int(time.time() * 1000)
+        for name, relay in self.relays.items():
+            document = {"worker": self.worker, "state": relay.state, "ts_ms": now_ms}
+            self.store.zk.publish(heartbeat_path(name), document)
+
+    def unread_for(self, name: str, now: float | None = None) -> float | None:
+        """Seconds the source has gone without a live relay anywhere, as far as this worker
+        knows (counted from its own start at the most); None when it is read, or unknown."""
+        if name in self.relays or name not in self.heartbeats:
+            return None
+        now = time.time() if now is None else now
+        heartbeat = self.heartbeats[name]
+        last = max(self.started_at, self._readable_since or now)
+        if heartbeat is not None and isinstance(heartbeat.get("ts_ms"), int):
+            last = max(last, heartbeat["ts_ms"] / 1000)
+        silent = now - last
+        return silent if silent >= self.unread_seconds else None
+
+    @Service.timer(RECONCILE_S)
+    async def _keep_relays_running(self) -> None:
+        if self._closed or not self.sources:
+            return
+        if self.settled():
+            await self._reconcile()
+        else:
+            self._beat()
+        await self._read_heartbeats()
+        unread = {
+            name: seconds
+            for name in (s.name for s in self.sources)
+            if (seconds := self.unread_for(name)) is not None
+        }
+        if unread and self.settled():
+            self._rejoin(unread)
+
+    async def _read_heartbeats(self) -> None:
+        zk = self.store.zk
+        if not zk.enabled or not zk.connected:
+            self.heartbeats.clear()  # unknown: nothing to judge by
+            self._readable_since = None
+            return
+        if self._readable_since is None:
+            self._readable_since = time.time()
+        for source in self.sources:
+            if source.name in self.relays:
+                continue
+            try:
+                document = await zk.read(heartbeat_path(source.name), timeout=READ_TIMEOUT_S)
+            except Exception:  # ZooKeeperUnavailable, or one of kazoo's many kinds while down
+                self.heartbeats.clear()
+                self._readable_since = None
+                return
+            self.heartbeats[source.name] = document if isinstance(document, dict) else None
+
+    def _rejoin(self, unread: dict[str, float]) -> None:
+        """Ask the group to rebalance, with fresh metadata, so the partitions get assigned."""
+        if time.monotonic() - self._last_rejoin < REJOIN_EVERY_S:
+            return
+        self._last_rejoin = time.monotonic()
+        names = ", ".join(f"{name} ({seconds:.0f}s)" for name, seconds in sorted(unread.items()))
+        log.warning(
+            "relay: no worker has run %s; asking the group to rebalance with fresh metadata",
+            names,
+        )
+        from app.assignor import request_rejoin
+
+        request_rejoin(self.app)
+
     async def on_stop(self) -> None:
         async with self._lock:
+            self._closed = True
             await asyncio.gather(*(relay.stop() for relay in self.relays.values()))
             self.relays.clear()

@@ -27,7 +27,7 @@ from app.errors import AesopError, DecodeError, PositionLostError, SourceError
 from app.retry import RECONNECT
 from app.settings import SourceSettings
 from relay import server
-from relay.binlog import BinlogReader
+from relay.binlog import BinlogReader, RowDecodeError
 from relay.handoff import Batch, Handoff
 from relay.position import Checkpoint
 from relay.publish import Publisher
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT_BATCHES = 64
 CHECKPOINT_EVERY_S = 1.0
-DRAIN_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 8.0
 ZK_CONNECT_TIMEOUT_S = 10.0
 FAILED_RETRY_S = 60.0
 
@@ -159,7 +159,11 @@ class SourceRelay:
                 return
         if checkpoint is None:
             return
-        self.acked = self.saved = checkpoint
+        self.acked, self.saved = checkpoint, self.store.stored(self.name)
+        # The resolved start position is saved before anything is read: a worker that takes
+        # the source over must resume from it, not resolve ``start`` again.
+        if not await self._save_before_reading():
+            return
         await self.app.topic(self.source.topic).maybe_declare()
         log.info(
             "relay %s: reading %s from %s (after scn %d row %d)",
@@ -180,6 +184,20 @@ class SourceRelay:
                 checkpoint = self.acked
                 if await self._sleep_or_stop(delay):
                     return
+
+    async def _save_before_reading(self) -> bool:
+        """Save ``acked`` if the table does not hold it yet; False if stopped meanwhile."""
+        while not self._stopping.is_set():
+            try:
+                await self._save()
+                return True
+            except KafkaError as exc:
+                self._set_state(RETRYING, f"cannot save the start checkpoint: {exc!r}")
+                delay = next(self._delays)
+                log.warning("relay %s: %s; retrying in %.1fs", self.name, self.reason, delay)
+            if await self._sleep_or_stop(delay):
+                break
+        return False
 
     async def _session(self, checkpoint: Checkpoint) -> None:
         handoff = Handoff(asyncio.get_running_loop(), IN_FLIGHT_BATCHES)
@@ -261,7 +279,13 @@ class SourceRelay:
             if failure is None or self._stopping.is_set():
                 return
             self.reconnects += 1
-            if isinstance(failure, DecodeError | PositionLostError):
+            if isinstance(failure, RowDecodeError):
+                # Shown as failed (not as a connection problem), but read again soon: the
+                # table maps are read afresh from the transaction start.
+                delay = next(self._delays)
+                self._set_state(FAILED, str(failure))
+                log.error("relay %s: %s in %.1fs", self.name, failure, delay)
+            elif isinstance(failure, DecodeError | PositionLostError):
                 self._fail(failure)
                 delay = FAILED_RETRY_S
             else:

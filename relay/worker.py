@@ -12,7 +12,9 @@ from tables.checkpoints import mirror, source_to_checkpoint
 # While Kafka is unreachable aiokafka repeats its connection errors ~130 times a second.
 logfilter.install()
 
-relays = RelayManager(app, settings.sources, loop=app.loop, beacon=app.beacon)
+relays = RelayManager(
+    app, settings.sources, settings.lag.unread_seconds, loop=app.loop, beacon=app.beacon
+)
 relays.add_dependency(mirror)
 app.service(relays)
 

@@ -1,3 +1,3 @@
 """Changelog-backed state mirrored to ZooKeeper: relay checkpoints and consumer positions."""
 
-__all__ = ["checkpoints", "zookeeper"]
+__all__ = ["checkpoints", "paths", "zookeeper"]

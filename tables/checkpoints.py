@@ -13,6 +13,7 @@ from typing import Any
 
 from app.main import app, settings
 from relay.position import Checkpoint
+from tables.paths import relay_path
 from tables.zookeeper import ZooKeeperMirror
 
 source_to_checkpoint = app.Table(
@@ -29,10 +30,6 @@ app.service(mirror)
 def partition_of(source_name: str) -> int:
     """The changelog partition holding a source's checkpoint; stable across workers."""
     return zlib.crc32(source_name.encode()) % settings.partitions
-
-
-def relay_path(source_name: str) -> str:
-    return f"/relays/{source_name}"
 
 
 class CheckpointStore:

@@ -42,6 +42,7 @@ class ZooKeeperMirror(Service):
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._was_down = False
+        self._closing = False
 
     @property
     def enabled(self) -> bool:
@@ -66,6 +67,8 @@ class ZooKeeperMirror(Service):
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED:
             log.info("zookeeper %s: connected", self.hosts)
+        elif self._closing:
+            log.info("zookeeper %s: session closed", self.hosts)  # our own stop
         else:
             log.warning("zookeeper %s: %s; mirror writes wait until it is back", self.hosts, state)
 
@@ -81,7 +84,10 @@ class ZooKeeperMirror(Service):
         """The document at ``root + path``, ``None`` if absent; raises ZooKeeperUnavailable."""
         if not self.enabled:
             return None
-        data = await self._call(self._get, self.root + path, timeout=timeout)
+        client = self._client
+        if client is None:
+            raise ZooKeeperUnavailable(f"zookeeper {self.hosts}: not started")
+        data = await self._call(self._get, client, self.root + path, timeout=timeout)
         return None if data is None else orjson.loads(data)
 
     async def wait_connected(self, timeout: float) -> bool:
@@ -112,12 +118,13 @@ class ZooKeeperMirror(Service):
                 self._wake.set()
 
     async def _write_pending(self) -> bool:
-        if not self.connected:
+        client = self._client  # on_stop may drop it meanwhile: keep writing through this one
+        if client is None or not client.connected:
             self._note_down("not connected")
             return False
         for path, data in list(self._pending.items()):
             try:
-                await self._call(self._set, path, data)
+                await self._call(self._set, client, path, data)
             except (ZooKeeperUnavailable, KazooException) as exc:
                 self._note_down(type(exc).__name__)
                 return False
@@ -145,26 +152,27 @@ class ZooKeeperMirror(Service):
         except TimeoutError:
             raise ZooKeeperUnavailable(f"zookeeper {self.hosts} did not answer") from None
 
-    def _get(self, path: str) -> bytes | None:
-        assert self._client is not None
+    @staticmethod
+    def _get(client: KazooClient, path: str) -> bytes | None:
         try:
-            data, _ = self._client.get(path)
+            data, _ = client.get(path)
         except NoNodeError:
             return None
         return bytes(data)
 
-    def _set(self, path: str, data: bytes) -> None:
-        assert self._client is not None
+    @staticmethod
+    def _set(client: KazooClient, path: str, data: bytes) -> None:
         try:
-            self._client.set(path, data)
+            client.set(path, data)
         except NoNodeError:
-            self._client.create(path, data, makepath=True)
+            client.create(path, data, makepath=True)
 
     async def on_stop(self) -> None:
         if self._client is None:
             return
         if self._pending and self.connected:
             await self._write_pending()
+        self._closing = True
         client, self._client = self._client, None
         await asyncio.to_thread(client.stop)
         await asyncio.to_thread(client.close)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -343,7 +344,9 @@ def binlog_transactions(start: str, database: str) -> list[BinlogTransaction]:
         offset = f" FROM {pos}" if name == file else ""
         for _, at, kind, _, end, info in sql(f"SHOW BINLOG EVENTS IN '{name}'{offset}"):
             if kind == "Gtid":
-                txn = BinlogTransaction(info.split()[-1])
+                # "BEGIN GTID 0-1-57", "GTID 0-1-58" (DDL); a group commit adds " cid=N".
+                words = info.split()
+                txn = BinlogTransaction(words[words.index("GTID") + 1])
             elif kind == "Table_map":
                 table_id = info.split()[1]
                 db, _, table = info[info.index("(") + 1 : info.rindex(")")].partition(".")
@@ -435,6 +438,21 @@ def delete_topics_starting_with(*prefixes: str, timeout: float = 60.0) -> None:
     found = asyncio.run(names())
     if found:
         delete_topics(*found, timeout=timeout)
+
+
+def lose_relay_position(app_id: str, source: str, checkpoint: dict[str, Any]) -> None:
+    """As after a relay crash: ZooKeeper holds the old ``checkpoint`` and the relay's table
+    (its changelog, the worker's data directory) is lost, so the relay's next start publishes
+    everything after that checkpoint a second time."""
+    client = KazooClient(hosts=ZOOKEEPER, timeout=10)
+    client.start(timeout=15)
+    try:
+        client.set(f"/aesop-test/{app_id}/relays/{source}", orjson.dumps(checkpoint))
+    finally:
+        client.stop()
+        client.close()
+    delete_topics(f"{app_id}-source_to_checkpoint-changelog")
+    shutil.rmtree(ROOT / f"{app_id}-data", ignore_errors=True)
 
 
 def zk_delete(path: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,10 @@ from aiokafka import AIOKafkaProducer
 
 from tests.support import (
     KAFKA,
-    ROOT,
     SourceSpec,
     WorkerFactory,
     count_then_settle,
-    delete_topics,
+    lose_relay_position,
     master_position,
     mysql_url,
     read_topic,
@@ -156,15 +155,22 @@ def test_one_consumer_reads_two_relays_in_key_order_sync_async_and_batch(
         sql(f"DROP DATABASE IF EXISTS {second}")
 
 
-def test_republished_changes_are_skipped_and_counted(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
-) -> None:
+def recording_config(tmp_path: Path, unique: str, database: str) -> tuple[Path, str, str]:
+    """A config relaying ``database`` as source ``s`` to one consumer that records what it
+    handles: (config, app id, topic)."""
     app_id = f"t{unique}"
     topic = f"aesop.t{unique}"
     extra = consumer_toml(f"{app_id}-rec", [topic], f"{HANDLERS}:record")
     config = write_config(
         tmp_path / "aesop.toml", app_id, [source_spec("s", database, topic)], extra=extra
     )
+    return config, app_id, topic
+
+
+def test_republished_changes_are_skipped_and_counted(
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    config, app_id, topic = recording_config(tmp_path, unique, database)
     out = tmp_path / "seen.jsonl"
     env = {"AESOP_TEST_RECORD": str(out)}
     worker = workers.start(config, env=env)
@@ -179,19 +185,7 @@ def test_republished_changes_are_skipped_and_counted(
     assert worker.stop() == 0
     assert "Traceback" not in worker.log(), "a clean stop under way logs no traceback"
 
-    # As after a relay crash: the relay table is lost and ZooKeeper holds an old checkpoint,
-    # so the relay publishes everything after it a second time.
-    from kazoo.client import KazooClient
-
-    zk = KazooClient(hosts="127.0.0.1:2181")
-    zk.start(timeout=15)
-    try:
-        zk.set(relay_path, orjson.dumps(early))
-    finally:
-        zk.stop()
-        zk.close()
-    delete_topics(f"{app_id}-source_to_checkpoint-changelog")
-    shutil.rmtree(ROOT / f"{app_id}-data", ignore_errors=True)
+    lose_relay_position(app_id, "s", early)
     worker = workers.start(config, env=env)
     worker.wait_for_log("relay s: reading")
     sql("INSERT INTO first VALUES (2)", database=database)
@@ -370,3 +364,22 @@ def test_check_and_worker_reject_a_handler_or_destination_they_cannot_use(
 
     worker = run([str(BIN / "python"), "-m", "faust", "-A", "app", "worker"], missing)
     assert_one_error(worker, 2, "aesop: [[consumer]]", "cannot import 'tests.no_such_module'")
+
+
+def test_sigusr2_logs_where_each_task_and_the_consumer_agent_wait(
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    config, _, _ = recording_config(tmp_path, unique, database)
+    out = tmp_path / "seen.jsonl"
+    worker = workers.start(config, env={"AESOP_TEST_RECORD": str(out)})
+    worker.wait_for_log("relay s: reading")
+    sql("CREATE TABLE first (id INT PRIMARY KEY)", "INSERT INTO first VALUES (1)",
+        database=database)  # fmt: skip
+    wait_until(lambda: records(out), timeout=60, what="the consumer handling a change")
+    worker.proc.send_signal(signal.SIGUSR2)
+    worker.wait_for_log("aesop's coroutines:", timeout=10)
+    dump = worker.log().split(" tasks:", 1)[1]
+    assert "ConsumerRunner._agent" in dump and "agents/consumer.py" in dump, dump[:2000]
+    assert "RelayManager" in dump, "the worker's own services are listed too"
+    assert worker.stop() == 0, "the worker goes on after the dump and stops cleanly"
+    assert "Traceback" not in worker.log()

@@ -270,6 +270,7 @@ async def test_dashboard_under_load_matches_lag_with_threshold_colours_and_live_
                 for row in page["sources"] + page["consumers"]:
                     seen[row["name"]].add(row["status"])
                 await asyncio.sleep(1.0)
+            red_since_ms = page["ts_ms"]
             assert "warn" in seen[held], f"the held consumer went red without amber: {seen}"
             assert loader.is_alive(), "the load ended before the screenshot"
             await browser.screenshot(SCREENSHOT)
@@ -296,11 +297,19 @@ async def test_dashboard_under_load_matches_lag_with_threshold_colours_and_live_
             assert chart["series"][held] >= first["charts"]["consumer-events"]["series"][held] + 2
             assert chart["points"] > first["charts"]["consumer-events"]["points"]
 
-            history = await get_json(session, f"{base}/lag/history")
+            # History samples every 10 s: the ones taken since the page showed red say red too.
+            deadline = time.monotonic() + 15
+            while True:
+                history = await get_json(session, f"{base}/lag/history")
+                later = [s for s in history["samples"] if s["ts_ms"] >= red_since_ms]
+                if later or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1.0)
             times = [s["ts_ms"] for s in history["samples"]]
             assert len(times) >= 2
             assert all(8_000 <= b - a <= 13_000 for a, b in itertools.pairwise(times)), times
-            assert history["samples"][-1]["consumers"][held]["status"] == "critical"
+            assert later, f"no history sample since {red_since_ms}: {times}"
+            assert {s["consumers"][held]["status"] for s in later} == {"critical"}, later
     finally:
         stop.set()
         await browser.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,16 +15,19 @@ from typing import Any
 import pymysql
 import pytest
 
+from app.retry import RECONNECT
 from tests.support import (
     ROOT,
     SourceSpec,
     Stack,
     Worker,
     WorkerFactory,
+    count_then_settle,
     master_position,
     mysql_url,
     read_topic,
     sql,
+    wait_until,
     write_config,
     zk_get,
 )
@@ -187,7 +191,7 @@ def reconnect_delays(log: str) -> list[float]:
 def assert_backoff(delays: list[float]) -> None:
     """Each delay of one outage lies in the policy's jittered window, doubling from 0.5 s."""
     for attempt, delay in enumerate(delays):
-        nominal = min(0.5 * 2**attempt, 30.0)
+        nominal = min(0.5 * 2**attempt, RECONNECT.maximum)
         low, high = nominal * 0.75 - 0.05, nominal * 1.25 + 0.05
         assert low <= delay <= high, f"attempt {attempt + 1}: {delay}s outside [{low}, {high}]"
 
@@ -386,3 +390,226 @@ def test_zookeeper_outage_keeps_relaying_and_mirror_catches_up(
     assert "mirror caught up" in worker.log()
     assert worker.proc.poll() is None
     assert "Traceback" not in worker.log()
+
+
+def table_ids(file: str, database: str) -> dict[str, list[int]]:
+    """Per table of ``database``, the table ids its Table_map events in ``file`` carry."""
+    ids: dict[str, list[int]] = {}
+    for row in sql(f"SHOW BINLOG EVENTS IN '{file}'"):
+        kind, info = row[2], str(row[5])
+        match = re.match(r"table_id: (\d+) \(([^.]+)\.([^)]+)\)", info)
+        if kind == "Table_map" and match and match.group(2) == database:
+            ids.setdefault(match.group(3), []).append(int(match.group(1)))
+    return ids
+
+
+def restart_mariadb(stack: Stack) -> str:
+    """Restart MariaDB (its table id counter starts again); the binlog file it writes now."""
+    with stopped(stack, "mariadb"):
+        pass
+    return master_position().split(":")[0]
+
+
+def test_a_restarted_server_reusing_a_table_id_never_decodes_rows_as_another_table(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    """MariaDB numbers tables afresh after a restart. A relay resuming in the file before
+    the restart reads ``pair``'s table map there, then rows of an excluded table that got
+    the same id after it: they must be decoded by their own map (and dropped as excluded)."""
+    first_file = restart_mariadb(stack)
+    sql(
+        f"CREATE TABLE {database}.pair (id INT PRIMARY KEY, a INT NOT NULL, b VARCHAR(20))",
+        *(f"CREATE TABLE {database}.x{i} (k BIGINT PRIMARY KEY, note TEXT, n DOUBLE)"
+          for i in range(80)),
+    )  # fmt: skip
+    app_id, topic = f"t{unique}", f"aesop.t{unique}"
+    spec = SourceSpec("src", [f"{database}.*"], int(unique, 16) % 1_000_000 + 100_000,
+                      master_position(), topic, exclude=[f"{database}.x*"])  # fmt: skip
+    config = write_config(tmp_path / "aesop.toml", app_id=app_id, sources=[spec])
+    worker = workers.start(config)
+    worker.wait_for_log("relay src: reading", timeout=90)
+    sql("INSERT INTO pair VALUES (1, 1, 'one')", database=database)
+    read_topic(topic, count_then_settle(1, 1.0), timeout=60)
+    assert worker.stop() == 0
+    # Read after the resume point: pair's table map, with the id it has in this file.
+    sql("INSERT INTO pair VALUES (2, 2, 'two')", database=database)
+    [pair_id] = set(table_ids(first_file, database)["pair"])
+
+    second_file = restart_mariadb(stack)
+    reused = None
+    for i in range(80):
+        sql(f"INSERT INTO x{i} VALUES ({i}, 'excluded {i}', {i}.5)", database=database)
+        [got] = table_ids(second_file, database)[f"x{i}"]
+        if got == pair_id:
+            reused = f"x{i}"
+            break
+        assert got < pair_id, f"x{i} got table id {got}, past pair's {pair_id}: cannot collide"
+    assert reused is not None, f"no excluded table got pair's table id {pair_id}"
+    sql(f"INSERT INTO {reused} VALUES (1000, 'after the collision', 0.25)", database=database)
+    sql("INSERT INTO pair VALUES (3, 3, 'three')", database=database)
+
+    worker = workers.start(config)
+    worker.wait_for_log("relay src: reading", timeout=90)
+    messages = read_topic(topic, count_then_settle(3, 3.0), timeout=60)
+    tables = {m["value"]["source"]["table"] for m in messages}
+    assert tables == {"pair"}, f"events under {tables}"
+    afters = sorted((m["value"]["after"] for m in messages), key=lambda a: a["id"])
+    assert afters == [
+        {"id": 1, "a": 1, "b": "one"},
+        {"id": 2, "a": 2, "b": "two"},
+        {"id": 3, "a": 3, "b": "three"},
+    ], f"rows of {reused} (table id {pair_id}) were decoded as pair: {afters}"
+    log = worker.log()
+    assert "Traceback" not in log and "relay src: reading again" not in log
+    assert worker.stop() == 0
+
+
+# What a worker logs at each attempt while a service it needs at start-up is down. ZooKeeper:
+# Kafka (in ZooKeeper mode) creates no topic without it, so a worker starting afresh waits
+# inside Kafka; a worker whose topics exist starts from its tables, and only the ZooKeeper
+# mirror waits, with one line when it falls behind.
+WAITING_LINE = {
+    "kafka": re.compile(r"kafka 127\.0\.0\.1:9092: .*; waiting for it, next attempt in"),
+    "zookeeper": re.compile(r"zookeeper 127\.0\.0\.1:2181: mirror behind"),
+    "mariadb": re.compile(r"relay src: .*; retrying in \d"),
+}
+
+
+@pytest.mark.parametrize("service", ["kafka", "zookeeper", "mariadb"])
+def test_a_worker_started_while_a_service_is_down_waits_and_then_relays(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str, service: str
+) -> None:
+    """A worker restarted during an outage (its topics and checkpoint exist) does not exit:
+    it logs what it waits for, once per attempt, and relays once the service is back."""
+    sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))", database=database)
+    first, _, topic = start_worker(workers, tmp_path, unique, database)
+    assert first.stop() == 0
+    config = first.config
+    with stopped(stack, service):
+        if service != "mariadb":
+            sql(f"INSERT INTO {TABLE} VALUES (1, 'while down')", database=database)
+        worker = workers.start(config)
+        time.sleep(12)
+        assert worker.proc.poll() is None, f"the worker exited while {service} was down"
+        waiting = [line for line in worker.log().splitlines() if WAITING_LINE[service].search(line)]
+        # One line per attempt, backing off: 0.5, 1, 2, 4... seconds (the mirror: one line).
+        low, high = (1, 1) if service == "zookeeper" else (2, 12)
+        assert low <= len(waiting) <= high, f"{len(waiting)} waiting lines: {waiting[:3]}"
+    back = time.monotonic()
+    if service == "mariadb":
+        sql(f"INSERT INTO {TABLE} VALUES (1, 'once back')", database=database)
+    worker.wait_for_log("relay src: reading", timeout=60)
+    read_rows(topic, {1}, timeout=60)
+    flowing_after = time.monotonic() - back
+    sql(f"INSERT INTO {TABLE} VALUES (2, 'after')", database=database)
+    read_rows(topic, {1, 2}, timeout=30)
+    print(f"{service}: changes flow {flowing_after:.1f}s after it is back")
+    assert flowing_after <= 10, f"changes flowed {flowing_after:.1f}s after {service} was back"
+    assert "Traceback" not in worker.log()
+    assert worker.stop() == 0
+
+
+BATCH_LINE = re.compile(
+    r"baseOffset: (\d+) lastOffset: (\d+) count: (\d+) baseSequence: (-?\d+) "
+    r"lastSequence: (-?\d+) producerId: (-?\d+) producerEpoch: (-?\d+)"
+)
+
+
+def record_batches(topic: str) -> dict[int, list[tuple[int, ...]]]:
+    """Per partition, the record batches of its first segment as the broker stored them:
+    (base offset, last offset, count, base sequence, last sequence, producer id, epoch)."""
+    batches: dict[int, list[tuple[int, ...]]] = {}
+    for folder in sorted(KAFKA_DATA.glob(f"{topic}-*")):
+        partition = int(folder.name.rsplit("-", 1)[1])
+        done = subprocess.run(
+            ["java", "-cp", str(ROOT / ".stack" / "kafka" / "libs" / "*"),
+             "kafka.tools.DumpLogSegments", "--files", str(folder / f"{0:020d}.log")],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=True,
+        )  # fmt: skip
+        found = [tuple(map(int, m.groups())) for m in BATCH_LINE.finditer(done.stdout)]
+        if found:
+            batches[partition] = found
+    return batches
+
+
+def test_the_relay_writes_through_an_idempotent_producer(
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    """Each record batch carries a producer id and sequence numbers, so the broker drops a
+    batch that a retry sends again (after a broker restart, say) instead of appending it twice."""
+    sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))", database=database)
+    worker, _, topic = start_worker(workers, tmp_path, unique, database)
+    for low in range(0, 300, 30):
+        values = ", ".join(f"({i}, 'row {i}')" for i in range(low + 1, low + 31))
+        sql(f"INSERT INTO {TABLE} VALUES {values}", database=database)
+    read_rows(topic, set(range(1, 301)), timeout=60)
+    batches = record_batches(topic)
+    assert sum(b[2] for found in batches.values() for b in found) == 300, batches
+    for partition, found in batches.items():
+        producers = {(b[5], b[6]) for b in found}
+        assert len(producers) == 1 and next(iter(producers))[0] >= 0, (partition, producers)
+        # Sequence numbers run on without a gap from 0, batch after batch.
+        expected = 0
+        for batch in found:
+            count, base_seq, last_seq = batch[2:5]
+            assert (base_seq, last_seq) == (expected, expected + count - 1), (partition, found)
+            expected += count
+    assert worker.stop() == 0
+
+
+@pytest.mark.parametrize(("service", "down_s"), [("mariadb", 5), ("kafka", 25), ("zookeeper", 25)])
+def test_changes_flow_again_within_10s_of_an_outage_at_relay_and_consumer(
+    stack: Stack,
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    database: str,
+    service: str,
+    down_s: int,
+) -> None:
+    """Under a steady load, with a ``mysql`` consumer: the first row committed once the service
+    is back reaches Kafka, then the replica, within 10 s; in the end the replica is complete."""
+    replica = f"{database}_replica"
+    table = f"{TABLE} (id INT PRIMARY KEY, note VARCHAR(32))"
+    sql(f"CREATE DATABASE {replica}", f"CREATE TABLE {replica}.{table}")  # the load makes its own
+    app_id, topic = f"t{unique}", f"aesop.t{unique}"
+    spec = SourceSpec("src", [f"{database}.*"], int(unique, 16) % 1_000_000 + 100_000,
+                      master_position(), topic)  # fmt: skip
+    extra = (f'\n[[consumer]]\nname = "{app_id}-replica"\ntopics = ["{topic}"]\n'
+             f'handler = "mysql"\nmysql = "mysql://root@127.0.0.1:3306/{replica}"\n')  # fmt: skip
+    config = write_config(tmp_path / "aesop.toml", app_id=app_id, sources=[spec], extra=extra)
+    worker = workers.start(config)
+    worker.wait_for_log("relay src: reading", timeout=90)
+
+    def in_replica(row: int) -> bool:
+        with contextlib.suppress(pymysql.MySQLError):
+            return bool(sql(f"SELECT 1 FROM {TABLE} WHERE id = {row}", database=replica))
+        return False
+
+    try:
+        with SteadyLoad(database) as load:
+            load.wait_for(RATE)
+            first = load.committed[-1]
+            wait_until(lambda: in_replica(first), 60, "the consumer to apply the load")
+            with stopped(stack, service):
+                time.sleep(down_s)
+            back = time.monotonic()
+            seen = len(load.committed)
+            load.wait_for(1, timeout=30)
+            row = load.committed[seen]  # the first row committed once the service was back
+            read_rows(topic, {row}, timeout=60)
+            to_kafka = time.monotonic() - back
+            wait_until(lambda: in_replica(row), 60, f"row {row} in the replica", every=0.05)
+            to_replica = time.monotonic() - back
+            load.wait_for(RATE)
+            committed = load.stop()
+        wait_until(
+            lambda: sql(f"SELECT COUNT(*) FROM {TABLE}", database=replica)[0][0] == len(committed),
+            90, "the replica to hold every committed row",
+        )  # fmt: skip
+        print(f"{service} back: in Kafka after {to_kafka:.1f}s, replica {to_replica:.1f}s")
+        assert to_kafka <= 10, f"{service}: the relay took {to_kafka:.1f}s to publish again"
+        assert to_replica <= 10, f"{service}: the consumer took {to_replica:.1f}s to apply again"
+        assert worker.stop() == 0
+    finally:
+        sql(f"DROP DATABASE IF EXISTS {replica}")

@@ -226,7 +226,8 @@ def test_aesop_lag_with_no_worker_reads_zookeeper_mysql_and_kafka_and_exits_by_t
     app_id, topic = f"t{unique}", f"aesop.t{unique}"
     zk_root = f"/aesop-test/{app_id}"
     extra = consumer_toml(f"{app_id}-c", topic)
-    extra += "\n[lag]\nwarn_seconds = 30\ncritical_seconds = 120\n"
+    # The source is not read once the worker stops; that is reported after an hour here.
+    extra += "\n[lag]\nwarn_seconds = 30\ncritical_seconds = 120\nunread_seconds = 3600\n"
     config = write_config(tmp_path / "aesop.toml", app_id, [source("a", database, topic)], extra)
     out = tmp_path / "seen.jsonl"
     worker = workers.start(config, env={"AESOP_TEST_RECORD": str(out)})

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,19 +20,25 @@ from agents.handlers import Change, EventFailed
 from agents.mysql import MySQLHandler, quote
 from app.settings import ConsumerSettings, MySQLURL
 from tests.support import (
+    KAFKA,
     ROOT,
     SourceSpec,
     Worker,
     WorkerFactory,
     count_then_settle,
+    delete_topics,
     free_port,
+    lose_relay_position,
     master_position,
     mysql_url,
     read_topic,
     sql,
     wait_until,
     write_config,
+    zk_delete,
+    zk_get,
 )
+from tests.test_lag import get
 from tests.test_preflight import PrivateServer, start_private_server
 from tests.test_relay import in_one_transaction, server_id
 
@@ -90,7 +98,9 @@ def rows_of(connect: dict[str, Any], database: str) -> dict[str, Any]:
     with pymysql.connect(**connect, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SET time_zone = '+00:00'")
         cur.execute(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,)
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+            " AND TABLE_NAME != 'aesop_offsets'",  # the handler's own, in the destination
+            (database,),
         )
         for (table,) in cur.fetchall():
             cur.execute(f"SELECT * FROM {database}.{quote(table)}")
@@ -135,9 +145,15 @@ def consumer_toml(name: str, topic: str, url: str) -> str:
 
 
 def start_worker(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, destination_url: str
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    database: str,
+    destination_url: str,
+    extra: str = "",
 ) -> tuple[Worker, str]:
-    """A worker relaying ``database`` and applying it to ``destination_url``."""
+    """A worker relaying ``database`` and applying it to ``destination_url`` (``extra``: more
+    of the config)."""
     topic = f"aesop.t{unique}"
     consumer = f"t{unique}-replica"
     spec = SourceSpec("shop", [f"{database}.*"], server_id(), master_position(), topic)
@@ -145,7 +161,7 @@ def start_worker(
         tmp_path / "aesop.toml",
         app_id=f"t{unique}",
         sources=[spec],
-        extra=consumer_toml(consumer, topic, destination_url),
+        extra=consumer_toml(consumer, topic, destination_url) + extra,
     )
     worker = workers.start(config)
     worker.wait_for_log("relay shop: reading")
@@ -269,6 +285,9 @@ def retry_lines(worker: Worker, consumer: str) -> list[str]:
     ]
 
 
+STALLED_S = 5
+
+
 def test_a_stopped_replica_is_retried_until_it_is_back(
     workers: WorkerFactory, tmp_path: Path, unique: str, database: str, replica: str
 ) -> None:
@@ -278,17 +297,35 @@ def test_a_stopped_replica_is_retried_until_it_is_back(
         create_schema(mysql_url().connect_args(), database, SCHEMA)
         create_schema(target, replica, SCHEMA)
         worker, consumer = start_worker(
-            workers, tmp_path, unique, database, f"{server.url()}/{replica}"
-        )
+            workers, tmp_path, unique, database, f"{server.url()}/{replica}",
+            extra=f"\n[lag]\nstalled_seconds = {STALLED_S}\n",
+        )  # fmt: skip
+        port = tomllib.loads(worker.config.read_text())["aesop"]["web_port"]
         workload(database)
         assert_converges((mysql_url().connect_args(), database), (target, replica), 60)
+        assert get(port, "/health")[0] == 200
 
         server.stop()
+        stopped_at = time.monotonic()
         workload(database, base=2000)
         wait_until(lambda: len(retry_lines(worker, consumer)) >= 3, 60, "three retries")
+        # The consumer's partitions have changes waiting and none moves on: /health says so,
+        # with the failure being retried.
+        _, body = wait_until(
+            lambda: (answer := get(port, "/health"))[0] == 503 and answer, 60, "/health 503"
+        )
+        assert time.monotonic() - stopped_at >= STALLED_S
+        stalled = [line for line in body["down"] if line.startswith(f"consumer {consumer}: ")]
+        assert stalled, body
+        for line in stalled:
+            assert "changes waiting, none processed for" in line, line
+            assert "retrying: OperationalError" in line, line
+        worker.wait_for_log("changes waiting, none processed for", 15)  # the watch's warning
         sql("UPDATE items SET qty = -qty WHERE id >= 2000", database=database)
         server = restart(server)
         tables = assert_converges((mysql_url().connect_args(), database), (target, replica), 90)
+        wait_until(lambda: get(port, "/health")[0] == 200, 30, "/health 200 again")
+        worker.wait_for_log("moves again", 15)
     finally:
         server.stop()
     assert len(tables["items"][0]) == 2 * 38
@@ -437,3 +474,111 @@ def test_an_unreachable_replica_is_transient(stack: Any) -> None:
     failure = apply(url, change("c", "t", {"id": 1}, None, {"id": 1}))
     assert failure is not None and (failure.index, failure.transient) == (0, True)
     assert failure.cause.args[0] == 2003, failure.cause
+
+
+def reset_group_to_earliest(group: str, topic: str) -> None:
+    """The (empty) group's committed offsets back to the start of every partition."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    async def reset() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, group_id=group,
+                                    enable_auto_commit=False)  # fmt: skip
+        await consumer.start()
+        try:
+            consumer._client.add_topic(topic)  # test-only: metadata of a topic not subscribed
+            while not (numbers := consumer.partitions_for_topic(topic)):
+                await consumer._client.force_metadata_update()
+            partitions = [TopicPartition(topic, p) for p in numbers]
+            consumer.assign(partitions)
+            starts = await consumer.beginning_offsets(partitions)
+            await consumer.commit({tp: OffsetAndMetadata(starts[tp], "") for tp in partitions})
+        finally:
+            await consumer.stop()
+
+    asyncio.run(asyncio.wait_for(reset(), 60))
+
+
+def applied_forty(
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    database: str,
+    replica: str,
+    checkpoint: list[Any] | None = None,
+) -> tuple[Worker, str, tuple[dict[str, Any], str], tuple[dict[str, Any], str]]:
+    """A worker that relayed 40 changes (30 of a keyless table) and applied them to the
+    replica: (worker, consumer, source, destination). ``checkpoint`` gets the relay's first
+    checkpoint, from before those changes."""
+    schema = {"log": SCHEMA["log"], "items": SCHEMA["items"]}
+    create_schema(mysql_url().connect_args(), database, schema)
+    create_schema(mysql_url().connect_args(), replica, schema)
+    url = f"mysql://root@127.0.0.1:3306/{replica}"
+    worker, consumer = start_worker(workers, tmp_path, unique, database, url)
+    if checkpoint is not None:
+        path = f"/aesop-test/t{unique}/relays/shop"
+        checkpoint.append(wait_until(lambda: zk_get(path), 30, "a first checkpoint"))
+    rows = [f"INSERT INTO log VALUES (NULL, 'same', {i % 3})" for i in range(30)]
+    rows += [f"INSERT INTO items VALUES ({i}, 'i', {i})" for i in range(10)]
+    sql(*rows, database=database)
+    source, destination = (
+        (mysql_url().connect_args(), database),
+        (mysql_url().connect_args(), replica),
+    )
+    assert_converges(source, destination, 60)
+    return worker, consumer, source, destination
+
+
+def test_the_destination_keeps_its_applied_offsets_so_a_replay_duplicates_no_keyless_row(
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, replica: str
+) -> None:
+    """Every record of the consumer's own positions is lost (its applied table, their
+    ZooKeeper mirror, the group's offsets): the whole topic is read again, and the keyless
+    table still gets no row twice, because the destination recorded what it applied in the
+    same transactions."""
+    worker, consumer, source, destination = applied_forty(
+        workers, tmp_path, unique, database, replica
+    )
+    held = sql(f"SELECT topic, part, last_offset FROM {replica}.aesop_offsets"
+               f" WHERE consumer = '{consumer}'")  # fmt: skip
+    assert sum(offset + 1 for _, _, offset in held) == 40, held
+    assert worker.stop() == 0
+
+    topic = f"aesop.t{unique}"
+    delete_topics(f"{consumer}-applied-changelog")
+    zk_delete(f"/aesop-test/t{unique}/consumers/{consumer}")
+    reset_group_to_earliest(consumer, topic)
+    worker = workers.start(worker.config)
+    worker.wait_for_log("relay shop: reading")
+    worker.wait_for_log("; 40 in all)", 60)  # skipped, by the destination's offsets
+    sql("INSERT INTO log VALUES (NULL, 'after', 1)", database=database)
+    assert_converges(source, destination, 60)
+    assert worker.stop() == 0
+
+
+def test_a_relay_republishing_after_every_consumer_position_is_lost_duplicates_no_keyless_row(
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, replica: str
+) -> None:
+    """The relay publishes everything again, at new offsets, after the consumer's applied
+    table and its mirror are lost: the destination's own record of the last applied
+    ``(scn, row)`` is what tells those re-published changes from new ones."""
+    app_id, topic = f"t{unique}", f"aesop.t{unique}"
+    early: list[Any] = []
+    worker, consumer, source, destination = applied_forty(
+        workers, tmp_path, unique, database, replica, early
+    )
+    held = sql(f"SELECT source, scn IS NOT NULL, scn_row IS NOT NULL FROM {replica}.aesop_offsets"
+               f" WHERE consumer = '{consumer}'")  # fmt: skip
+    assert held and all(row == ("shop", 1, 1) for row in held), held
+    assert worker.stop() == 0
+
+    lose_relay_position(app_id, "shop", early[0])
+    delete_topics(f"{consumer}-applied-changelog")
+    zk_delete(f"/aesop-test/{app_id}/consumers/{consumer}")
+    worker = workers.start(worker.config)
+    worker.wait_for_log("relay shop: reading")
+    read_topic(topic, count_then_settle(80, 1.0), timeout=60)  # 40 changes, twice
+    worker.wait_for_log("; 40 in all)", 60)  # skipped, by the destination's (scn, row)
+    sql("INSERT INTO log VALUES (NULL, 'after', 1)", database=database)
+    assert_converges(source, destination, 60)
+    assert worker.stop() == 0

@@ -156,10 +156,13 @@ def test_lag_thresholds_and_smtp_have_defaults_and_keep_the_password_out_of_repr
 ) -> None:
     plain = load(write(tmp_path, SOURCE), env={})
     assert (plain.lag.warn_seconds, plain.lag.critical_seconds, plain.smtp) == (60.0, 300.0, None)
+    assert (plain.lag.unread_seconds, plain.lag.stalled_seconds) == (10.0, 30.0)
     text = SMTP + 'port = 2525\nstarttls = true\nuser = "u"\npassword = "Hunter2"\n'
-    text += "\n[lag]\nwarn_seconds = 5\ncritical_seconds = 7.5\n"
+    text += "\n[lag]\nwarn_seconds = 5\ncritical_seconds = 7.5\nunread_seconds = 30\n"
+    text += "stalled_seconds = 12\n"
     settings = load(write(tmp_path, text), env={})
     assert (settings.lag.warn_seconds, settings.lag.critical_seconds) == (5.0, 7.5)
+    assert (settings.lag.unread_seconds, settings.lag.stalled_seconds) == (30.0, 12.0)
     smtp = settings.smtp
     assert smtp is not None
     assert (smtp.host, smtp.port, smtp.starttls, smtp.user, smtp.password) == (
@@ -255,6 +258,9 @@ BAD = [
     ("[lag]\nwarn_seconds = 0\n", {}, "[lag].warn_seconds: must be above 0, got 0"),
     ("[lag]\nwarn_seconds = 10\ncritical_seconds = 5.5\n", {},
      "[lag].critical_seconds: must be at least warn_seconds (10), got 5.5"),
+    ("[lag]\nunread_seconds = 2\n", {},
+     "[lag].unread_seconds: must be at least 5 (relays report every 2 s), got 2"),
+    ("[lag]\nstalled_seconds = 4.5\n", {}, "[lag].stalled_seconds: must be at least 5, got 4.5"),
     (SMTP + "tls = true\n", {}, "[smtp].tls: unknown key; known keys are from, host"),
     (SMTP.replace('host = "127.0.0.1"\n', ""), {}, "[smtp].host: is required"),
     (SMTP.replace('to = ["ops@example.com"]\n', ""), {}, "[smtp].to: is required"),

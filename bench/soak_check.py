@@ -1,0 +1,434 @@
+"""The soak's verdict: Kafka against the binlog and the ledger, the replica against the source.
+
+Oracles, all independent of the relay: the server's own listing of its binlog (which rows
+events of which table each transaction wrote), the ledger table (which transactions
+committed and how many change events each must produce), and the final source tables.
+Events are identified by ``(scn, row)``, as the contract says.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from bench.soak_faults import CRASHES, FaultRecord
+from bench.soak_kafka import Record
+from bench.soak_load import (
+    COLUMNS,
+    DECIMAL_COLUMNS,
+    JSON_COLUMNS,
+    PRIMARY_KEYS,
+    Committed,
+    connect,
+    first_after,
+)
+from tests.support import binlog_transactions
+
+DUPLICATE_WINDOW_S = 180.0  # a crash's re-published events arrive within this of the kill
+EXAMPLES = 5
+
+
+@dataclass
+class Event:
+    received: float
+    partition: int
+    offset: int
+    key: Any
+    value: dict[str, Any]
+
+    @property
+    def ident(self) -> tuple[int, int]:
+        return (self.value["scn"], self.value["row"])
+
+    @property
+    def table(self) -> str:
+        return str(self.value["source"]["table"])
+
+
+@dataclass
+class Verdict:
+    """Numbers and problems; ``failures`` make the run fail, ``notes`` are printed only."""
+
+    committed_txns: int = 0
+    expected_events: int = 0
+    kafka_messages: int = 0
+    distinct_events: int = 0
+    missing_events: int = 0
+    missing_txns: list[int] = field(default_factory=list)
+    duplicates: int = 0
+    duplicates_without_crash: int = 0
+    duplicates_by_fault: Counter[str] = field(default_factory=Counter)
+    wrong_table: int = 0
+    order_violations: int = 0
+    replica_equal: bool = False
+    dlq: int = 0
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+
+
+# -- rows as comparable values ----------------------------------------------------------
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def canonical(table: str, row: dict[str, Any], from_sql: bool) -> tuple[Any, ...]:
+    """A row's values in column order: JSON as sorted compact JSON (parsed first when read
+    with SQL, where it is text), DECIMAL as its exact text."""
+    out: list[Any] = []
+    for column in COLUMNS[table]:
+        value = row[column]
+        if value is not None and column in JSON_COLUMNS:
+            value = _json(orjson.loads(value) if from_sql else value)
+        elif value is not None and column in DECIMAL_COLUMNS:
+            value = str(value) if isinstance(value, Decimal) or from_sql else value
+        out.append(value)
+    return tuple(out)
+
+
+def read_tables(database: str) -> dict[str, Counter[tuple[Any, ...]]]:
+    """Every table's rows as a multiset of canonical rows (the ledger without applied_at)."""
+    found: dict[str, Counter[tuple[Any, ...]]] = {}
+    with connect(database, autocommit=True, read_timeout=120) as conn, conn.cursor() as cur:
+        for table, columns in COLUMNS.items():
+            cur.execute(f"SELECT {', '.join(columns)} FROM {table}")
+            found[table] = Counter(
+                canonical(table, dict(zip(columns, row, strict=True)), True)
+                for row in cur.fetchall()
+            )
+    return found
+
+
+def ledger_counts(database: str) -> tuple[int, int]:
+    with connect(database, autocommit=True, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*), COALESCE(MAX(txn), 0) FROM ledger")
+        count, top = cur.fetchone()
+        return int(count), int(top)
+
+
+def applied_at(replica: str, txns: Iterable[int]) -> dict[int, float]:
+    """When the consumer first wrote each of these ledger rows (wall time)."""
+    wanted = sorted(set(txns))
+    if not wanted:
+        return {}
+    with connect(replica, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT txn, applied_at FROM ledger WHERE txn IN ({','.join(map(str, wanted))})"
+        )
+        return {int(txn): at.replace(tzinfo=datetime.UTC).timestamp() for txn, at in cur.fetchall()}
+
+
+def differences(
+    want: dict[str, Counter[tuple[Any, ...]]],
+    got: dict[str, Counter[tuple[Any, ...]]],
+    tables: Iterable[str] = COLUMNS,
+) -> dict[str, str]:
+    """Per table that differs: how many rows each side has that the other lacks."""
+    lines = {}
+    for table in tables:
+        only_want = want[table] - got[table]
+        only_got = got[table] - want[table]
+        if only_want or only_got:
+            examples = [repr(r)[:160] for r in list(only_want)[:2]] + [
+                repr(r)[:160] for r in list(only_got)[:2]
+            ]
+            lines[table] = (
+                f"{table}: {sum(only_want.values())} rows only in the source,"
+                f" {sum(only_got.values())} only in the other side; e.g. {examples}"
+            )
+    return lines
+
+
+# -- Kafka --------------------------------------------------------------------------------
+
+
+def decode(records: list[Record], verdict: Verdict) -> list[Event]:
+    events = []
+    for r in records:
+        try:
+            key = orjson.loads(r.key) if r.key is not None else None
+            value = orjson.loads(r.value) if r.value is not None else None
+        except orjson.JSONDecodeError:
+            verdict.fail(f"partition {r.partition} offset {r.offset}: not JSON")
+            continue
+        if not isinstance(value, dict) or "scn" not in value:
+            verdict.fail(f"partition {r.partition} offset {r.offset}: not a change event")
+            continue
+        events.append(Event(r.received, r.partition, r.offset, key, value))
+    return sorted(events, key=lambda e: (e.partition, e.offset))
+
+
+def _without_build_time(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if k != "ts_ms"}
+
+
+def check_duplicates(
+    events: list[Event], faults: list[FaultRecord], verdict: Verdict
+) -> dict[tuple[int, int], Event]:
+    """The first copy of each (scn, row); extra copies must follow a crash, and equal it."""
+    first: dict[tuple[int, int], Event] = {}
+    crashes = sorted(f.crashed_at for f in faults if f.crashed_at is not None)
+    started = sorted((f.started, f.kind) for f in faults if f.started is not None)
+    unexplained: list[str] = []
+    for event in sorted(events, key=lambda e: (e.received, e.partition, e.offset)):
+        seen = first.get(event.ident)
+        if seen is None:
+            first[event.ident] = event
+            continue
+        verdict.duplicates += 1
+        if (
+            _without_build_time(seen.value) != _without_build_time(event.value)
+            or seen.key != event.key
+        ):
+            verdict.fail(f"(scn, row) {event.ident} published twice with different content")
+        before = [kind for at, kind in started if at <= event.received]
+        verdict.duplicates_by_fault[before[-1] if before else "no fault"] += 1
+        if not any(c <= event.received <= c + DUPLICATE_WINDOW_S for c in crashes):
+            verdict.duplicates_without_crash += 1
+            if len(unexplained) < EXAMPLES:
+                unexplained.append(
+                    f"{event.ident} at p{event.partition}@{event.offset} (first at"
+                    f" p{seen.partition}@{seen.offset}), last fault before it:"
+                    f" {before[-1] if before else 'none'}"
+                )
+    if verdict.duplicates_without_crash:
+        verdict.fail(
+            f"{verdict.duplicates_without_crash} duplicate events with no kill -9 in the"
+            f" {DUPLICATE_WINDOW_S:.0f}s before them, e.g. {unexplained}"
+        )
+    return first
+
+
+def check_tables(events: Iterable[Event], database: str, scn_tables: dict[int, str],
+                 verdict: Verdict) -> None:  # fmt: skip
+    """Each event's key, columns and table agree with the table's schema and the binlog."""
+    examples: list[str] = []
+    for event in events:
+        value, key, table = event.value, event.key, event.table
+        problems = []
+        if value["source"]["db"] != database or table not in COLUMNS:
+            problems.append(f"names {value['source']['db']}.{table}")
+        else:
+            image = value["after"] if value["after"] is not None else value["before"]
+            pk = PRIMARY_KEYS[table]
+            if image is None or tuple(image) != COLUMNS[table]:
+                problems.append(f"columns {list(image or ())} are not {table}'s")
+            expected_key = {c: image[c] for c in pk} if pk and image else None
+            if value["key"] != expected_key:
+                problems.append(f"key {value['key']} is not {table}'s key of the row")
+            if key != {"db": database, "table": table, "pk": value["key"]}:
+                problems.append(f"message key {key} does not match the event")
+        binlog_table = scn_tables.get(value["scn"])
+        if binlog_table is None:
+            problems.append(f"scn {value['scn']} is no rows event of {database} in the binlog")
+        elif binlog_table != table:
+            problems.append(f"the binlog has {binlog_table} at scn {value['scn']}")
+        if problems:
+            verdict.wrong_table += 1
+            if len(examples) < EXAMPLES:
+                examples.append(f"{event.ident} ({table}): {'; '.join(problems)}")
+    if verdict.wrong_table:
+        verdict.fail(f"{verdict.wrong_table} events under the wrong table or key: {examples}")
+
+
+def check_transactions(
+    distinct: list[Event], ledger: dict[int, int], binlog: list[Any], verdict: Verdict
+) -> None:
+    """Every committed transaction in Kafka, whole: its binlog rows events, its ledger row,
+    as many events as the ledger says, ``txn.seq`` 0..n-1 and ``last`` on the last."""
+    by_gtid: dict[str | None, list[Event]] = defaultdict(list)
+    for event in distinct:
+        by_gtid[event.value["source"]["gtid"]].append(event)
+    in_kafka_txns: dict[int, int] = {}  # ledger txn -> distinct events of its transaction
+    problems: list[str] = []
+    for gtid, group in by_gtid.items():
+        ledger_rows = [e for e in group if e.table == "ledger" and e.value["op"] == "c"]
+        seqs = sorted(e.value["txn"]["seq"] for e in group)
+        lasts = [e.value["txn"]["seq"] for e in group if e.value["txn"]["last"]]
+        if len(ledger_rows) != 1:
+            problems.append(f"gtid {gtid}: {len(ledger_rows)} ledger events in {len(group)}")
+            continue
+        txn = ledger_rows[0].value["after"]["txn"]
+        in_kafka_txns[txn] = len(group)
+        if seqs != list(range(len(group))) or lasts != [len(group) - 1]:
+            gaps = sorted(set(range(max(seqs) + 1)) - set(seqs))
+            problems.append(
+                f"txn {txn} (gtid {gtid}): {len(group)} events, txn.seq gaps {gaps[:10]},"
+                f" last on {lasts}"
+            )
+    for txn, expected in ledger.items():
+        found = in_kafka_txns.get(txn)
+        if found is None:
+            verdict.missing_txns.append(txn)
+        elif found != expected:
+            problems.append(f"txn {txn}: {found} events in Kafka, the ledger says {expected}")
+    kafka_scns = {e.value["scn"] for e in distinct}
+    kafka_gtids = set(by_gtid)
+    lost_scns = [
+        (t.gtid, r.scn, r.table) for t in binlog for r in t.rows if r.scn not in kafka_scns
+    ]
+    lost_gtids = [t.gtid for t in binlog if t.gtid not in kafka_gtids]
+    verdict.missing_events = max(0, verdict.expected_events - verdict.distinct_events)
+    if verdict.missing_txns:
+        lost = sum(ledger[t] for t in verdict.missing_txns)
+        verdict.fail(
+            f"{len(verdict.missing_txns)} committed transactions ({lost} events) not in Kafka,"
+            f" e.g. txn {verdict.missing_txns[:EXAMPLES]}"
+        )
+    if lost_scns or lost_gtids:
+        verdict.fail(
+            f"{len(lost_scns)} binlog rows events of {len(lost_gtids)} transactions not in Kafka,"
+            f" e.g. (gtid, scn, table) {lost_scns[:EXAMPLES]}"
+        )
+    if problems:
+        verdict.fail(f"{len(problems)} incomplete transactions: {problems[:EXAMPLES]}")
+    if verdict.missing_events and not (verdict.missing_txns or problems):
+        verdict.fail(f"{verdict.missing_events} events fewer than the ledger's count")
+    if verdict.distinct_events > verdict.expected_events:
+        verdict.fail(
+            f"{verdict.distinct_events - verdict.expected_events} more distinct events than"
+            " the committed transactions made"
+        )
+
+
+def _key_of(event: Event) -> tuple[str, Any]:
+    return (event.table, _json(event.value["key"]))
+
+
+def check_order(events: list[Event], verdict: Verdict) -> None:
+    """Per key: one partition, and first copies in increasing (scn, row) in offset order."""
+    seen: set[tuple[int, int]] = set()
+    last: dict[tuple[str, Any], tuple[int, int]] = {}
+    partition: dict[tuple[str, Any], int] = {}
+    examples: list[str] = []
+    for event in events:  # in (partition, offset) order
+        if event.ident in seen:
+            continue
+        seen.add(event.ident)
+        key = _key_of(event)
+        if partition.setdefault(key, event.partition) != event.partition:
+            verdict.order_violations += 1
+            examples.append(f"{key} in partitions {partition[key]} and {event.partition}")
+        previous = last.get(key)
+        if previous is not None and event.ident < previous:
+            verdict.order_violations += 1
+            if len(examples) < EXAMPLES:
+                examples.append(f"{key}: {event.ident} after {previous} (p{event.partition})")
+        last[key] = max(previous or event.ident, event.ident)
+    if verdict.order_violations:
+        verdict.fail(f"{verdict.order_violations} per-key order violations: {examples[:EXAMPLES]}")
+
+
+def replay(distinct: list[Event], verdict: Verdict) -> dict[str, Counter[tuple[Any, ...]]]:
+    """The tables as Kafka's events build them, applied in (scn, row) order from empty."""
+    keyed: dict[str, dict[bytes, tuple[Any, ...]]] = {t: {} for t in COLUMNS if PRIMARY_KEYS[t]}
+    bags: dict[str, Counter[tuple[Any, ...]]] = {t: Counter() for t in COLUMNS}
+    problems: list[str] = []
+    for event in sorted(distinct, key=lambda e: e.ident):
+        table, value = event.table, event.value
+        if table not in COLUMNS:
+            continue
+        before = canonical(table, value["before"], False) if value["before"] else None
+        after = canonical(table, value["after"], False) if value["after"] else None
+        if table in keyed:
+            rows, key = keyed[table], _json(value["key"])
+            if (value["op"] == "c") == (key in rows):
+                problems.append(f"{event.ident} {value['op']} {table} {value['key']}")
+            if after is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = after
+            continue
+        bag = bags[table]
+        if before is not None:
+            if bag[before] > 0:
+                bag[before] -= 1
+                if not bag[before]:
+                    del bag[before]
+            else:
+                problems.append(f"{event.ident} {value['op']} {table}: no such row before")
+        if after is not None:
+            bag[after] += 1
+    for table, rows in keyed.items():
+        bags[table] = Counter(rows.values())
+    if problems:
+        verdict.fail(
+            f"{len(problems)} events do not fit the row they change (create of an existing key,"
+            f" change of a missing one): {problems[:EXAMPLES]}"
+        )
+    return bags
+
+
+def check_kafka(
+    records: list[Record],
+    database: str,
+    start: str,
+    source: dict[str, Counter[tuple[Any, ...]]],
+    faults: list[FaultRecord],
+    verdict: Verdict,
+) -> list[Event]:
+    events = decode(records, verdict)
+    verdict.kafka_messages = len(records)
+    first = check_duplicates(events, faults, verdict)
+    distinct = sorted(first.values(), key=lambda e: (e.partition, e.offset))
+    verdict.distinct_events = len(distinct)
+    binlog = binlog_transactions(start, database)
+    scn_tables = {r.scn: r.table for t in binlog for r in t.rows}
+    check_tables(distinct, database, scn_tables, verdict)
+    ledger = {
+        row[0]: row[2] for row in source["ledger"]
+    }  # txn -> changes, from the final source ledger
+    verdict.committed_txns = len(ledger)
+    verdict.expected_events = sum(ledger.values())
+    check_transactions(distinct, ledger, binlog, verdict)
+    check_order(events, verdict)
+    built = replay(distinct, verdict)
+    for line in differences(source, built).values():
+        verdict.fail(f"the source's final rows and Kafka's last events per key differ: {line}")
+    return events
+
+
+def recovery_times(
+    faults: list[FaultRecord], committed: list[Committed], events: list[Event], replica: str
+) -> list[tuple[FaultRecord, float | None, float | None]]:
+    """Per fault: seconds from ``back`` until the first transaction committed after it was
+    in Kafka, and in the replica (None: never)."""
+    ledger_seen: dict[int, float] = {}
+    for event in events:
+        if event.table == "ledger" and event.value["after"]:
+            txn = event.value["after"]["txn"]
+            ledger_seen[txn] = min(ledger_seen.get(txn, event.received), event.received)
+    firsts = {
+        id(f): first_after(committed, f.back) for f in faults if f.back is not None
+    }  # fmt: skip
+    applied = applied_at(replica, (c.txn for c in firsts.values() if c is not None))
+    out = []
+    for fault in faults:
+        first = firsts.get(id(fault))
+        if first is None or fault.back is None:
+            out.append((fault, None, None))
+            continue
+        kafka = ledger_seen.get(first.txn)
+        replica_at = applied.get(first.txn)
+        out.append(
+            (
+                fault,
+                None if kafka is None else kafka - fault.back,
+                None if replica_at is None else replica_at - fault.back,
+            )
+        )
+    return out
+
+
+def is_crash(fault: FaultRecord) -> bool:
+    return fault.kind in CRASHES or fault.crashed_at is not None
