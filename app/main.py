@@ -49,7 +49,15 @@ app = faust.App(
     producer_linger_ms=5,
     # Kafka's default partitioning, computed at half the CPU (it ran once per change).
     producer_partitioner=partition_for_key,
-    autodiscover=["tables", "relay", "agents", "metrics", "app.dashboard", "app.tasks"],
+    autodiscover=[
+        "tables",
+        "relay",
+        "agents",
+        "metrics",
+        "app.dashboard",
+        "app.tasks",
+        "app.gc_tuning",
+    ],
     origin="app",
 )
 

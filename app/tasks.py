@@ -44,9 +44,19 @@ def await_chain(awaitable: Any) -> list[str]:
 def own_coroutines() -> list[Any]:
     """Suspended coroutines whose code is in aesop's packages, but for those another of them
     awaits (they are in its chain)."""
+    # gc.get_objects() leaves out what app.gc_tuning froze: thawed for the look, frozen again
+    # (with what was built since, which is long-lived by now as well).
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        objects = gc.get_objects()
+    finally:
+        if frozen:
+            gc.freeze()
     found = [
         obj
-        for obj in gc.get_objects()
+        for obj in objects
         if inspect.iscoroutine(obj)
         and obj.cr_frame is not None
         and obj.cr_frame.f_code.co_filename.startswith(OWN)

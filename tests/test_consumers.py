@@ -376,6 +376,8 @@ def test_sigusr2_logs_where_each_task_and_the_consumer_agent_wait(
     sql("CREATE TABLE first (id INT PRIMARY KEY)", "INSERT INTO first VALUES (1)",
         database=database)  # fmt: skip
     wait_until(lambda: records(out), timeout=60, what="the consumer handling a change")
+    # Once start-up objects are frozen out of the collector, they are still found.
+    worker.wait_for_log("start-up objects frozen out of garbage collection", timeout=30)
     worker.proc.send_signal(signal.SIGUSR2)
     worker.wait_for_log("aesop's coroutines:", timeout=10)
     dump = worker.log().split(" tasks:", 1)[1]
