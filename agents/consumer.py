@@ -220,10 +220,14 @@ class ConsumerRunner(Service):
         self._committed.update(todo)
         return True
 
-    @Service.timer(COMMIT_EVERY_S)
+    @Service.task
     async def _commit_now_and_then(self) -> None:
-        if not (self._stopping or self.app.rebalancing):
-            await self._commit()
+        # A loop, not a timer: a commit may wait up to COMMIT_TIMEOUT_S for a broker that is
+        # away, and a timer would then warn that it overlaps itself every second.
+        while not self.should_stop:
+            await self.sleep(COMMIT_EVERY_S)
+            if not (self._stopping or self.app.rebalancing or self.should_stop):
+                await self._commit()
 
     # -- the agent --------------------------------------------------------------------
 

@@ -603,9 +603,30 @@ def phase(
                 what: summary([stamps[i + 1][n] - committed_at[i] for i in seen])
                 for n, what in enumerate(("relay_built", "produced"))
             }
+            results[label]["tail"] = _tail_split(visible, committed_at, stamps)
         if results[label]["not_visible"]:
             print(worker_log_tail(started[label].log_path), file=sys.stderr)
     return results
+
+
+def _tail_split(
+    visible: dict[int, float], committed_at: list[float], stamps: dict[int, tuple[float, float]]
+) -> dict[str, float] | None:
+    """Where the slowest 1% of changes (visible at or past the p99) spent their time: the
+    medians of commit to the relay's producer, and of the producer to visible."""
+    if not visible:
+        return None
+    p99 = percentile(list(visible.values()), 0.99)
+    slow = [i for i, v in visible.items() if v >= p99 and i + 1 in stamps]
+    if not slow:
+        return None
+    relay = sorted(stamps[i + 1][1] - committed_at[i] for i in slow)
+    after = sorted(visible[i] - (stamps[i + 1][1] - committed_at[i]) for i in slow)
+    return {
+        "count": len(slow),
+        "relay_ms": relay[len(relay) // 2] * 1e3,
+        "consumer_ms": after[len(after) // 2] * 1e3,
+    }
 
 
 async def _relay_stamps(topic: str, timeout: float = 60.0) -> dict[int, tuple[float, float]]:
@@ -723,6 +744,12 @@ def _report_applier(label: str, result: dict[str, Any]) -> list[str]:
     for what, label in (("relay_built", "relay built the event"), ("produced", "producer took it")):
         if what in result.get("kafka", {}):
             lines.append(_line(label, result["kafka"][what]))
+    tail = result.get("tail")
+    if tail:
+        lines.append(
+            f"    slowest 1% ({tail['count']} changes), medians: commit to the relay's producer"
+            f" {tail['relay_ms']:.1f} ms, from there to visible {tail['consumer_ms']:.1f} ms"
+        )
     if result["not_visible"]:
         lines.append(f"    NOT VISIBLE after the drain: {result['not_visible']} changes")
     slow = result["slow_seconds"]

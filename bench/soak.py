@@ -64,6 +64,8 @@ from tests.support import (
 SERVICES = {"MariaDB": 3306, "ZooKeeper": 2181, "Kafka": 9092}
 SOURCE = "soak"
 SESSION_TIMEOUT_S = 20
+OUTAGE_TARGET_S = 10.0  # changes flow again after MySQL, Kafka or ZooKeeper is back
+CRASH_TARGET_S = SESSION_TIMEOUT_S + 15.0  # after a worker is killed or stopped
 PARTITIONS = 4
 PROGRESS_EVERY_S = 30.0
 OVERRUN_S = 300.0  # past the planned end: faults stuck in stack.sh stop the soak
@@ -342,25 +344,41 @@ class Soak:
             )
 
         say("")
-        say("faults (times from the soak's start; recovery from the service back or the kill):")
+        say(
+            "faults (times from the soak's start; recovery from when every service was back,"
+            " after the service came back or the worker was signalled):"
+        )
         # Workers that exited by themselves are listed in the failures, not timed here.
         times = recovery_times(self.faults.records, self.load.committed, events, names.replica)
         t0 = self.faults.t0
         by_kind: dict[str, list[tuple[float | None, float | None]]] = {}
-        for fault, kafka_s, replica_s in times:
+        over: list[str] = []
+        for fault, clear, kafka_s, replica_s in times:
             at = f"+{fault.started - t0:5.1f}s" if fault.started else "   --  "
             owner = "" if fault.relay_owner is None else f" relay-owner={fault.relay_owner}"
+            wait = ""
+            if clear is not None and fault.back is not None and clear > fault.back + 0.05:
+                wait = f" (all back {clear - fault.back:.1f}s later)"
             say(
                 f"  {at} {fault.kind:<15} {fault.plan.describe():<62} to Kafka {fmt(kafka_s):>6},"
-                f" to replica {fmt(replica_s):>6}{owner} {'; '.join(fault.notes)}"
+                f" to replica {fmt(replica_s):>6}{wait}{owner} {'; '.join(fault.notes)}"
             )
             by_kind.setdefault(fault.kind, []).append((kafka_s, replica_s))
+            target = recovery_target(fault)
+            worst = max((v for v in (kafka_s, replica_s) if v is not None), default=None)
+            if worst is not None and worst > target:
+                over.append(f"{fault.kind} at {at.strip()}: {worst:.1f}s > {target:.0f}s")
         say("recovery per kind (min / median / max seconds):")
         for kind, pairs in sorted(by_kind.items()):
             say(
                 f"  {kind:<15} n={len(pairs)}  to Kafka {spread([p[0] for p in pairs])},"
                 f"  to replica {spread([p[1] for p in pairs])}"
             )
+        say(
+            f"recovery targets: {OUTAGE_TARGET_S:.0f}s after an outage, {CRASH_TARGET_S:.0f}s"
+            " (session timeout + 15 s) after a worker is signalled; over: "
+            + ("; ".join(over) if over else "none")
+        )
         if verdict.duplicates:
             say(f"duplicates by the last fault before them: {dict(verdict.duplicates_by_fault)}")
         say(worker_log_summary(self.workers))
@@ -434,6 +452,12 @@ def min_missing(seen: set[int]) -> int:
     while n in seen:
         n += 1
     return n
+
+
+def recovery_target(fault: FaultRecord) -> float:
+    """Seconds within which changes must flow again after this fault (printed, not failed:
+    a shared machine's pauses would make a hard limit flaky)."""
+    return OUTAGE_TARGET_S if fault.kind in ("mariadb", "kafka", "zookeeper") else CRASH_TARGET_S
 
 
 def fmt(seconds: float | None) -> str:

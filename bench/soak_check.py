@@ -398,33 +398,57 @@ def check_kafka(
     return events
 
 
+OUTAGES = frozenset({"mariadb", "kafka", "zookeeper", "kill9_in_kafka"})
+
+
+def all_clear(fault: FaultRecord, faults: list[FaultRecord]) -> float | None:
+    """When, after ``fault`` was over (its ``back``), no service was down any more: recovery
+    counts from there, as a change cannot flow while another outage is still under way."""
+    at = fault.back
+    if at is None:
+        return None
+    moved = True
+    while moved:
+        moved = False
+        for other in faults:
+            if other.kind not in OUTAGES or other.started is None or other.back is None:
+                continue
+            if other.started <= at < other.back:
+                at, moved = other.back, True
+    return at
+
+
 def recovery_times(
     faults: list[FaultRecord], committed: list[Committed], events: list[Event], replica: str
-) -> list[tuple[FaultRecord, float | None, float | None]]:
-    """Per fault: seconds from ``back`` until the first transaction committed after it was
-    in Kafka, and in the replica (None: never)."""
+) -> list[tuple[FaultRecord, float | None, float | None, float | None]]:
+    """Per fault: when everything was back (:func:`all_clear`), then the seconds from there
+    until the first transaction committed after it was in Kafka, and in the replica (None:
+    never)."""
     ledger_seen: dict[int, float] = {}
     for event in events:
         if event.table == "ledger" and event.value["after"]:
             txn = event.value["after"]["txn"]
             ledger_seen[txn] = min(ledger_seen.get(txn, event.received), event.received)
+    clears = {id(f): all_clear(f, faults) for f in faults}
     firsts = {
-        id(f): first_after(committed, f.back) for f in faults if f.back is not None
+        id(f): first_after(committed, clear) for f in faults
+        if (clear := clears[id(f)]) is not None
     }  # fmt: skip
     applied = applied_at(replica, (c.txn for c in firsts.values() if c is not None))
-    out = []
+    out: list[tuple[FaultRecord, float | None, float | None, float | None]] = []
     for fault in faults:
-        first = firsts.get(id(fault))
-        if first is None or fault.back is None:
-            out.append((fault, None, None))
+        first, clear = firsts.get(id(fault)), clears[id(fault)]
+        if first is None or clear is None:
+            out.append((fault, clear, None, None))
             continue
         kafka = ledger_seen.get(first.txn)
         replica_at = applied.get(first.txn)
         out.append(
             (
                 fault,
-                None if kafka is None else kafka - fault.back,
-                None if replica_at is None else replica_at - fault.back,
+                clear,
+                None if kafka is None else kafka - clear,
+                None if replica_at is None else replica_at - clear,
             )
         )
     return out
