@@ -418,6 +418,31 @@ def all_clear(fault: FaultRecord, faults: list[FaultRecord]) -> float | None:
     return at
 
 
+def clear_through(
+    clear: float | None,
+    faults: list[FaultRecord],
+    committed: list[Committed],
+    seen: dict[int, float],
+) -> float | None:
+    """``clear`` moved past every outage that began before changes flowed again after it
+    (a worker killed just before Kafka stops cannot be taken over until Kafka is back)."""
+    while clear is not None:
+        first = first_after(committed, clear)
+        flowed = None if first is None else seen.get(first.txn)
+        if flowed is None:
+            return clear
+        began = [
+            f for f in faults
+            if f.kind in OUTAGES and f.started is not None and f.back is not None
+            and clear < f.started < flowed
+        ]  # fmt: skip
+        if not began:
+            return clear
+        later = max(f.back for f in began if f.back is not None)
+        clear = all_clear(FaultRecord(began[0].plan, back=later), faults)
+    return clear
+
+
 def recovery_times(
     faults: list[FaultRecord], committed: list[Committed], events: list[Event], replica: str
 ) -> list[tuple[FaultRecord, float | None, float | None, float | None]]:
@@ -430,6 +455,8 @@ def recovery_times(
             txn = event.value["after"]["txn"]
             ledger_seen[txn] = min(ledger_seen.get(txn, event.received), event.received)
     clears = {id(f): all_clear(f, faults) for f in faults}
+    for fault in faults:
+        clears[id(fault)] = clear_through(clears[id(fault)], faults, committed, ledger_seen)
     firsts = {
         id(f): first_after(committed, clear) for f in faults
         if (clear := clears[id(f)]) is not None

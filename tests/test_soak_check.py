@@ -1,0 +1,42 @@
+"""The chaos soak's recovery times: counted from when every service was back."""
+
+from __future__ import annotations
+
+from bench.soak_check import all_clear, clear_through
+from bench.soak_faults import FaultRecord, PlannedFault
+from bench.soak_load import Committed
+
+
+def outage(kind: str, started: float, back: float) -> FaultRecord:
+    return FaultRecord(PlannedFault(kind, 0.0, down=back - started), started=started, back=back)
+
+
+def kill(at: float) -> FaultRecord:
+    return FaultRecord(PlannedFault("kill9", 0.0, slot="a"), started=at, back=at, crashed_at=at)
+
+
+def test_recovery_counts_from_the_end_of_every_outage_under_way() -> None:
+    mariadb = outage("mariadb", 10.0, 16.0)
+    kafka = outage("kafka", 12.0, 40.0)  # began during the MariaDB outage, ended later
+    zookeeper = outage("zookeeper", 39.0, 60.0)  # began before Kafka was back
+    alone = outage("mariadb", 100.0, 105.0)
+    faults = [mariadb, kafka, zookeeper, alone]
+    assert all_clear(mariadb, faults) == 60.0
+    assert all_clear(kafka, faults) == 60.0
+    assert all_clear(zookeeper, faults) == 60.0
+    assert all_clear(alone, faults) == 105.0
+    assert all_clear(FaultRecord(PlannedFault("kafka", 0.0)), faults) is None
+
+
+def test_an_outage_that_begins_before_changes_flow_again_moves_the_start_on() -> None:
+    crash = kill(50.0)
+    kafka = outage("kafka", 55.0, 80.0)  # began 5 s after the kill, before the takeover
+    late = outage("mariadb", 200.0, 205.0)  # after changes flowed again: not counted
+    faults = [crash, kafka, late]
+    committed = [Committed(txn, "t", 1, at) for txn, at in enumerate((49.0, 51.0, 81.0, 201.0))]
+    seen = {0: 49.5, 1: 85.0, 2: 86.0, 3: 207.0}  # txn 1 reached Kafka only after the outage
+    assert clear_through(all_clear(crash, faults), faults, committed, seen) == 80.0
+    seen[1] = 53.0  # flowed again before Kafka stopped: counted from the kill
+    assert clear_through(all_clear(crash, faults), faults, committed, seen) == 50.0
+    del seen[1]  # never reached Kafka: nothing to move past
+    assert clear_through(50.0, faults, committed, seen) == 50.0
