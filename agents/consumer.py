@@ -167,6 +167,9 @@ class ConsumerRunner(Service):
         self._stalled: set[TP] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        # The group generation of the batch in hand: a batch outlived by a whole rebalance
+        # (begun and ended while it waited on the destination) is given up, not applied.
+        self._generation: int | None = None
         self.app.agent(self.topic, name=f"{consumer.name}.apply", concurrency=1)(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
@@ -239,12 +242,14 @@ class ConsumerRunner(Service):
                 continue
             batch = self._with_queued(stream.channel.queue, batch)
             self._idle.clear()
+            self._generation = batch.generation
             try:
                 await self.process(batch)
             except Abandoned:
                 if self._stopping:
                     return
             finally:
+                self._generation = None
                 self._idle.set()
 
     async def _in_force(self, batch: Round) -> bool:
@@ -295,6 +300,7 @@ class ConsumerRunner(Service):
             if document is not None:
                 scn, row, source = document["scn"], document["row"], document.get("source")
             held = await self._held(tp)
+            self._check_in_force()
             if held is not None:
                 if held.scn is not None and (
                     document is None or held.offset > document.get("offset", -1)
@@ -390,6 +396,7 @@ class ConsumerRunner(Service):
         delays = RECONNECT.delays()
         pending = changes
         while pending:
+            self._check_in_force()
             try:
                 await self.handler.apply(pending)
             except EventFailed as failure:
@@ -552,13 +559,22 @@ class ConsumerRunner(Service):
                 )  # fmt: skip
                 await self._pause(delay, f"reading the applied position from ZooKeeper: {exc}")
 
+    def _check_in_force(self) -> None:
+        """Raise Abandoned if the worker stops, or a rebalance began since the batch in hand
+        was fetched (under way, or already over: its partitions may be another's now, and
+        that owner may have applied them; they are read again, and skipped as applied)."""
+        app = self.app
+        if self._stopping or app.rebalancing:
+            raise Abandoned()
+        if self._generation is not None and self._generation != app.consumer_generation_id:
+            raise Abandoned()
+
     async def _pause(self, delay: float, why: str) -> None:
         """Sleep before a retry; raise Abandoned if the worker stops or a rebalance starts."""
         self._retrying = why  # until something is processed again
         deadline = self.loop.time() + delay
         while True:
-            if self._stopping or self.app.rebalancing:
-                raise Abandoned()
+            self._check_in_force()
             left = deadline - self.loop.time()
             if left <= 0:
                 return

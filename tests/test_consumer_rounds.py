@@ -201,3 +201,85 @@ def test_no_partition_is_judged_during_a_rebalance() -> None:
     watched.age(60.0)
     watched.app.rebalancing = True
     assert watched.stalled() == [] and watched._moved_at == {}
+
+
+class Holding:
+    """ConsumerRunner's agent and process() up to the handler, around a fake app and a
+    destination whose applied offsets take a while to read."""
+
+    _agent = ConsumerRunner._agent
+    _in_force = ConsumerRunner._in_force
+    process = ConsumerRunner.process
+    _held = ConsumerRunner._held
+    _pause = ConsumerRunner._pause
+    _check_in_force = ConsumerRunner._check_in_force
+    name = "c"
+
+    def __init__(self, app: FakeApp, reads: list[Any]) -> None:
+        self.app = app
+        self.reads = reads  # per read of the applied offsets: an exception, or a callable
+        self.handler = SimpleNamespace(applied=self._applied)
+        self.stats = SimpleNamespace(consumed=0, skipped=0)
+        self._stopping = False
+        self._idle = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._held_by_destination: dict[TP, Any] = {}
+        self._retrying: str | None = None
+        self.applied_batches: list[Any] = []
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    async def _applied(self, topic: str, partition: int) -> None:
+        step = self.reads.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        step()
+
+    def _with_queued(self, queue: Any, batch: Round) -> Round:
+        return batch
+
+    async def _in_sequence(self, tp: TP, records: list[Any], serial: int) -> list[Any]:
+        return records
+
+    async def _position(self, tp: TP) -> None:
+        return None
+
+    async def _apply(self, changes: list[Any], ends: Any, lasts: Any) -> None:
+        self.applied_batches.append(ends)
+
+    async def _dead_letter(self, *args: Any) -> None:
+        pass  # not an event: it gets this far only when the batch is in force
+
+
+def a_round(generation: int) -> Round:
+    return Round(generation, 1, {TP0: [SimpleNamespace(offset=7, key=None, value=b"x")]})
+
+
+def test_a_batch_outlived_by_a_whole_rebalance_while_reading_the_destination_is_given_up() -> None:
+    app = FakeApp(generation=3, rebalancing=False)
+
+    def rebalance() -> None:  # begun and ended while the read was under way
+        app.consumer_generation_id = 4
+
+    holding = Holding(app, [rebalance])
+    asyncio.run(asyncio.wait_for(holding._agent(Rounds(a_round(3))), 5))
+    assert holding.applied_batches == [], "its partitions may be another worker's by now"
+    holding = Holding(FakeApp(generation=3, rebalancing=False), [lambda: None])
+    asyncio.run(asyncio.wait_for(holding._agent(Rounds(a_round(3))), 5))
+    assert holding.applied_batches == [{TP0: 7}], "in force: applied"
+
+
+def test_a_batch_outlived_by_a_whole_rebalance_while_retrying_is_given_up() -> None:
+    app = FakeApp(generation=3, rebalancing=False)
+    holding = Holding(app, [ConnectionRefusedError("down"), lambda: None])
+
+    async def main() -> None:
+        # The rebalance is over between two looks of the retry's pause.
+        asyncio.get_running_loop().call_later(0.05, setattr, app, "consumer_generation_id", 4)
+        await asyncio.wait_for(holding._agent(Rounds(a_round(3))), 5)
+
+    asyncio.run(main())
+    assert holding.applied_batches == []
+    assert holding.reads, "given up in the pause, before the destination was read again"
