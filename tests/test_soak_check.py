@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.soak import CRASH_TARGET_S, OUTAGE_TARGET_S, recovery_target
 from bench.soak_check import all_clear, clear_through
 from bench.soak_faults import FaultRecord, PlannedFault
 from bench.soak_load import Committed
@@ -40,3 +41,25 @@ def test_an_outage_that_begins_before_changes_flow_again_moves_the_start_on() ->
     assert clear_through(all_clear(crash, faults), faults, committed, seen) == 50.0
     del seen[1]  # never reached Kafka: nothing to move past
     assert clear_through(50.0, faults, committed, seen) == 50.0
+
+
+def test_an_outage_is_held_to_the_crash_target_when_a_worker_went_in_its_chain() -> None:
+    kafka = outage("kafka", 100.0, 125.0)
+    zookeeper = outage("zookeeper", 120.0, 140.0)
+    stopped = kill(110.0)  # inside the Kafka outage: its member stays until its session ends
+    alone = outage("mariadb", 300.0, 306.0)
+    later = kill(309.0)  # before changes flowed again after the MariaDB outage
+    quiet = outage("mariadb", 400.0, 406.0)
+    times = [
+        (kafka, 140.0, 30.0, 31.0),
+        (zookeeper, 140.0, 30.0, 31.0),
+        (stopped, 140.0, 30.0, 31.0),
+        (alone, 306.0, 4.0, 4.5),
+        (later, 309.0, 3.0, 3.0),
+        (quiet, 406.0, 2.0, 2.5),
+    ]
+    assert recovery_target(kafka, 140.0, 30.0, times) == CRASH_TARGET_S
+    assert recovery_target(zookeeper, 140.0, 30.0, times) == CRASH_TARGET_S
+    assert recovery_target(alone, 306.0, 4.0, times) == CRASH_TARGET_S
+    assert recovery_target(quiet, 406.0, 2.0, times) == OUTAGE_TARGET_S == 10.0
+    assert recovery_target(stopped, 140.0, 30.0, times) == CRASH_TARGET_S == 35.0
