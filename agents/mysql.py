@@ -51,7 +51,6 @@ from typing import Any
 
 import orjson
 import pymysql
-from pymysql.constants import CLIENT
 
 from agents.handlers import Applied, Change, EventFailed, Handler
 from app.errors import AesopError
@@ -89,7 +88,6 @@ TRANSIENT_CODES = frozenset(
 )
 SCHEMA_CODES = frozenset({1054, 1146})  # unknown column, no such table: the cache may be stale
 STATEMENT_BYTES = 1 << 20  # well under every max_allowed_packet default
-PACKET_BYTES = 4 << 20  # statements sent in one round trip (max_allowed_packet: 16 MiB or more)
 READ_TIMEOUT_S = 300
 
 BINARY_TYPES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
@@ -112,23 +110,6 @@ class DestinationError(AesopError):
 def quote(name: str) -> str:
     """An identifier in backticks, backticks inside it doubled."""
     return "`" + name.replace("`", "``") + "`"
-
-
-def packed(statements: Sequence[str], limit: int) -> list[str]:
-    """The statements joined into as few multi-statement strings of at most ``limit``
-    characters as their order allows (a longer statement goes alone)."""
-    packets: list[str] = []
-    group: list[str] = []
-    size = 0
-    for statement in statements:
-        if group and size + len(statement) > limit:
-            packets.append(";\n".join(group))
-            group, size = [], 0
-        group.append(statement)
-        size += len(statement) + 2
-    if group:
-        packets.append(";\n".join(group))
-    return packets
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -250,19 +231,11 @@ class MySQLHandler(Handler):
         """Everything in one transaction; on a refusal, change by change to find it."""
         try:
             conn = self._connection()
-            statements = self._statements(conn, self._steps(conn, changes))
-            offsets = self._offsets_statement(conn, changes)
-            if offsets is not None:
-                statements.append(offsets)
-            statements.append("COMMIT")
-            # As few round trips as the packet size allows, one for most batches: a small
-            # batch's time is mostly its round trips (each one wakes the server, this thread
-            # and the event loop, on a machine they share).
             with conn.cursor() as cur:
-                for packet in packed(statements, PACKET_BYTES):
-                    cur.execute(packet)
-                    while cur.nextset():  # a failed statement raises; the rest did not run
-                        pass
+                for statement in self._statements(conn, self._steps(conn, changes)):
+                    cur.execute(statement)
+                self._record_offsets(conn, cur, changes)
+            conn.commit()
             return None
         except Exception as exc:
             if is_transient(exc):
@@ -307,7 +280,6 @@ class MySQLHandler(Handler):
                 **args,
                 charset="utf8mb4",
                 autocommit=False,
-                client_flag=CLIENT.MULTI_STATEMENTS,
                 connect_timeout=10,
                 read_timeout=READ_TIMEOUT_S,
                 write_timeout=READ_TIMEOUT_S,
@@ -356,14 +328,8 @@ class MySQLHandler(Handler):
         return None
 
     def _record_offsets(self, conn: Any, cur: Any, changes: Sequence[Change]) -> None:
-        statement = self._offsets_statement(conn, changes)
-        if statement is not None:
-            cur.execute(statement)
-
-    def _offsets_statement(self, conn: Any, changes: Sequence[Change]) -> str | None:
-        """The upsert of the batch's last offset (and position) per partition, if recorded."""
         if self._offsets is None or not changes:
-            return None
+            return
         last: dict[tuple[str, int], Change] = {}
         for change in changes:
             last[(change.topic, change.partition)] = change
@@ -376,7 +342,7 @@ class MySQLHandler(Handler):
         # The position columns follow the offset only when it moves on (they are assigned
         # first: each assignment sees the ones before it).
         newer = "VALUES(last_offset) > last_offset"
-        return (
+        cur.execute(
             f"INSERT INTO {self._offsets} (consumer, topic, part, last_offset, source, scn,"
             f" scn_row) VALUES {rows} ON DUPLICATE KEY UPDATE"
             f" source = IF({newer}, VALUES(source), source),"

@@ -16,9 +16,8 @@ import orjson
 import pymysql
 import pytest
 
-import agents.mysql
 from agents.handlers import Change, EventFailed
-from agents.mysql import MySQLHandler, packed, quote
+from agents.mysql import MySQLHandler, quote
 from app.settings import ConsumerSettings, MySQLURL
 from tests.support import (
     KAFKA,
@@ -468,36 +467,6 @@ def test_a_refused_change_is_found_and_the_ones_before_it_committed(database: st
     failure = apply(url, change("c", "absent", {"id": 1}, None, {"id": 1}))
     assert failure is not None and not failure.transient
     assert "does not exist" in str(failure)
-
-
-def test_statements_are_packed_in_order_within_the_limit() -> None:
-    assert packed([], 10) == []
-    assert packed(["a", "bb", "ccc"], 100) == ["a;\nbb;\nccc"]
-    assert packed(["a" * 6, "b" * 6, "c" * 20, "d"], 10) == ["a" * 6, "b" * 6, "c" * 20, "d"]
-    assert packed(["aa", "bb", "cc", "dd"], 9) == ["aa;\nbb", "cc;\ndd"]
-
-
-def test_a_batch_sent_in_several_packets_is_one_transaction(
-    database: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Small statements and packets: a batch takes many round trips, committed at the end.
-    monkeypatch.setattr(agents.mysql, "STATEMENT_BYTES", 40)
-    monkeypatch.setattr(agents.mysql, "PACKET_BYTES", 300)
-    sql(
-        f"CREATE TABLE {database}.t (id INT PRIMARY KEY, name VARCHAR(8))",
-        f"CREATE TABLE {database}.u (id INT PRIMARY KEY, name VARCHAR(8))",
-    )
-    url = mysql_url(database)
-    rows = [("t" if i % 3 else "u", {"id": i, "name": f"n{i}"}) for i in range(60)]
-    assert apply(url, *(change("c", table, {"id": r["id"]}, None, r) for table, r in rows)) is None
-    assert sql(f"SELECT COUNT(*) FROM {database}.t") == [(40,)]
-    assert sql(f"SELECT COUNT(*) FROM {database}.u") == [(20,)]
-    # Refused in a late packet: the batch is found change by change, the ones before it kept.
-    batch = [change("u", "t", {"id": i}, None, {"id": i, "name": f"m{i}"}) for i in range(1, 30)]
-    batch.append(change("c", "t", {"id": 99}, None, {"id": 99, "name": "too long!"}))
-    failure = apply(url, *batch)
-    assert failure is not None and (failure.index, failure.transient) == (29, False)
-    assert sql(f"SELECT COUNT(*) FROM {database}.t WHERE name LIKE 'm%'") == [(29,)]
 
 
 def test_an_unreachable_replica_is_transient(stack: Any) -> None:
