@@ -167,9 +167,6 @@ class ConsumerRunner(Service):
         self._stalled: set[TP] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        # The group generation of the batch in hand: a batch outlived by a whole rebalance
-        # (begun and ended while it waited on the destination) is given up, not applied.
-        self._generation: int | None = None
         self.app.agent(self.topic, name=f"{consumer.name}.apply", concurrency=1)(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
@@ -223,14 +220,10 @@ class ConsumerRunner(Service):
         self._committed.update(todo)
         return True
 
-    @Service.task
+    @Service.timer(COMMIT_EVERY_S)
     async def _commit_now_and_then(self) -> None:
-        # A loop, not a timer: a commit may wait up to COMMIT_TIMEOUT_S for a broker that is
-        # away, and a timer would then warn that it overlaps itself every second.
-        while not self.should_stop:
-            await self.sleep(COMMIT_EVERY_S)
-            if not (self._stopping or self.app.rebalancing or self.should_stop):
-                await self._commit()
+        if not (self._stopping or self.app.rebalancing):
+            await self._commit()
 
     # -- the agent --------------------------------------------------------------------
 
@@ -242,14 +235,12 @@ class ConsumerRunner(Service):
                 continue
             batch = self._with_queued(stream.channel.queue, batch)
             self._idle.clear()
-            self._generation = batch.generation
             try:
                 await self.process(batch)
             except Abandoned:
                 if self._stopping:
                     return
             finally:
-                self._generation = None
                 self._idle.set()
 
     async def _in_force(self, batch: Round) -> bool:
@@ -300,7 +291,6 @@ class ConsumerRunner(Service):
             if document is not None:
                 scn, row, source = document["scn"], document["row"], document.get("source")
             held = await self._held(tp)
-            self._check_in_force()
             if held is not None:
                 if held.scn is not None and (
                     document is None or held.offset > document.get("offset", -1)
@@ -396,7 +386,6 @@ class ConsumerRunner(Service):
         delays = RECONNECT.delays()
         pending = changes
         while pending:
-            self._check_in_force()
             try:
                 await self.handler.apply(pending)
             except EventFailed as failure:
@@ -559,22 +548,13 @@ class ConsumerRunner(Service):
                 )  # fmt: skip
                 await self._pause(delay, f"reading the applied position from ZooKeeper: {exc}")
 
-    def _check_in_force(self) -> None:
-        """Raise Abandoned if the worker stops, or a rebalance began since the batch in hand
-        was fetched (under way, or already over: its partitions may be another's now, and
-        that owner may have applied them; they are read again, and skipped as applied)."""
-        app = self.app
-        if self._stopping or app.rebalancing:
-            raise Abandoned()
-        if self._generation is not None and self._generation != app.consumer_generation_id:
-            raise Abandoned()
-
     async def _pause(self, delay: float, why: str) -> None:
         """Sleep before a retry; raise Abandoned if the worker stops or a rebalance starts."""
         self._retrying = why  # until something is processed again
         deadline = self.loop.time() + delay
         while True:
-            self._check_in_force()
+            if self._stopping or self.app.rebalancing:
+                raise Abandoned()
             left = deadline - self.loop.time()
             if left <= 0:
                 return

@@ -199,8 +199,6 @@ class MySQLHandler(Handler):
         # (None: no database in the URL, or the table could not be created).
         self._offsets: str | None = None
         self._warned_offsets = False
-        # Whether the last batch failed transiently, so may have been committed all the same.
-        self._unsure = False
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mysql-{self.consumer.name}")
@@ -214,23 +212,10 @@ class MySQLHandler(Handler):
     async def apply(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
-        todo = list(range(len(changes)))
-        if self._unsure:
-            # The last attempt failed in a way that may have come after its COMMIT (a reply
-            # lost with the connection): what it recorded in aesop_offsets says what it did.
-            try:
-                todo = await self._run(self._not_applied, changes)
-            except Exception as exc:  # not known yet: tried again, as the batch would be
-                raise EventFailed(0, exc, True) from exc
-            self._unsure = False
-            if not todo:
-                return
-        batch = changes if len(todo) == len(changes) else [changes[i] for i in todo]
-        failed = await self._run(self._apply_all, batch)
+        failed = await self._run(self._apply_all, changes)
         if failed is not None:
             index, exc, transient = failed
-            self._unsure = transient
-            raise EventFailed(todo[index], exc, transient) from exc
+            raise EventFailed(index, exc, transient) from exc
 
     async def applied(self, topic: str, partition: int) -> Applied | None:
         return await self._run(self._read_applied, topic, partition)  # type: ignore[no-any-return]
@@ -365,27 +350,6 @@ class MySQLHandler(Handler):
             f" scn_row = IF({newer}, VALUES(scn_row), scn_row),"
             " last_offset = GREATEST(last_offset, VALUES(last_offset))"
         )
-
-    def _not_applied(self, changes: Sequence[Change]) -> list[int]:
-        """The indexes of the changes above the offsets aesop_offsets holds for their
-        partitions (all of them when it is not kept)."""
-        conn = self._connection()
-        if self._offsets is None:
-            return list(range(len(changes)))
-        parts = sorted({(c.topic, c.partition) for c in changes})
-        where = " OR ".join(
-            f"(topic = {conn.escape(topic)} AND part = {partition})" for topic, partition in parts
-        )
-        with conn.cursor() as cur:
-            cur.execute(
-                f"SELECT topic, part, last_offset FROM {self._offsets}"
-                f" WHERE consumer = {conn.escape(self.consumer.name)} AND ({where})"
-            )
-            recorded = {(topic, part): offset for topic, part, offset in cur.fetchall()}
-        conn.commit()  # end the read's snapshot
-        return [
-            i for i, c in enumerate(changes) if c.offset > recorded.get((c.topic, c.partition), -1)
-        ]
 
     def _read_applied(self, topic: str, partition: int) -> Applied | None:
         conn = self._connection()

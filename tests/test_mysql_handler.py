@@ -469,53 +469,6 @@ def test_a_refused_change_is_found_and_the_ones_before_it_committed(database: st
     assert "does not exist" in str(failure)
 
 
-def test_a_batch_whose_commit_reply_was_lost_is_not_applied_again(
-    database: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The connection drops after the COMMIT went through (as in a server shutdown): the
-    handler reports a transient failure, and the consumer hands it the batch again."""
-    sql(f"CREATE TABLE {database}.nokey (n INT, s VARCHAR(9))")
-    url = mysql_url(database)
-    first = [
-        Change.of(orjson.dumps(change("c", "nokey", None, None, {"n": i, "s": "a"}).event),
-                  "aesop.shop", i % 2, 10 + i)
-        for i in range(4)
-    ]  # fmt: skip
-    later = Change.of(
-        orjson.dumps(change("c", "nokey", None, None, {"n": 9, "s": "b"}).event),
-        "aesop.shop",
-        1,
-        99,
-    )
-    real = MySQLHandler._apply_all
-    lost = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
-
-    def committed_then_lost(self: MySQLHandler, changes: Any) -> Any:
-        assert real(self, changes[:3]) is None  # as if the batch had been these three
-        self._disconnect()
-        return 0, lost, True
-
-    async def run() -> None:
-        consumer = ConsumerSettings("replica", ("aesop.shop",), "mysql", url)
-        handler = MySQLHandler(None, consumer, None)
-        await handler.start()
-        try:
-            monkeypatch.setattr(MySQLHandler, "_apply_all", committed_then_lost)
-            with pytest.raises(EventFailed) as failed:
-                await handler.apply(first)
-            assert (failed.value.index, failed.value.transient) == (0, True)
-            monkeypatch.setattr(MySQLHandler, "_apply_all", real)
-            await handler.apply(first)  # the consumer's retry: only the one not there
-            await handler.apply([later])
-            await handler.apply([later])  # no failure before: applied as it comes
-        finally:
-            await handler.stop()
-
-    asyncio.run(run())
-    rows = sorted(sql(f"SELECT n, s FROM {database}.nokey"))
-    assert rows == [(0, "a"), (1, "a"), (2, "a"), (3, "a"), (9, "b"), (9, "b")]
-
-
 def test_an_unreachable_replica_is_transient(stack: Any) -> None:
     url = MySQLURL("127.0.0.1", free_port(), "root", "", "nowhere")
     failure = apply(url, change("c", "t", {"id": 1}, None, {"id": 1}))
