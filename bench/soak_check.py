@@ -448,37 +448,36 @@ def recovery_times(
 ) -> list[tuple[FaultRecord, float | None, float | None, float | None]]:
     """Per fault: when everything was back (:func:`all_clear`), then the seconds from there
     until the first transaction committed after it was in Kafka, and in the replica (None:
-    never)."""
+    never). Each of the two moves on past an outage that began before it was reached."""
     ledger_seen: dict[int, float] = {}
     for event in events:
         if event.table == "ledger" and event.value["after"]:
             txn = event.value["after"]["txn"]
             ledger_seen[txn] = min(ledger_seen.get(txn, event.received), event.received)
-    clears = {id(f): all_clear(f, faults) for f in faults}
-    for fault in faults:
-        clears[id(fault)] = clear_through(clears[id(fault)], faults, committed, ledger_seen)
-    firsts = {
-        id(f): first_after(committed, clear) for f in faults
-        if (clear := clears[id(f)]) is not None
-    }  # fmt: skip
-    applied = applied_at(replica, (c.txn for c in firsts.values() if c is not None))
+    applied = applied_at(replica, (c.txn for c in committed))
     out: list[tuple[FaultRecord, float | None, float | None, float | None]] = []
     for fault in faults:
-        first, clear = firsts.get(id(fault)), clears[id(fault)]
-        if first is None or clear is None:
-            out.append((fault, clear, None, None))
-            continue
-        kafka = ledger_seen.get(first.txn)
-        replica_at = applied.get(first.txn)
+        back = all_clear(fault, faults)
+        clear = clear_through(back, faults, committed, ledger_seen)
         out.append(
             (
                 fault,
                 clear,
-                None if kafka is None else kafka - clear,
-                None if replica_at is None else replica_at - clear,
+                seconds_to(clear, committed, ledger_seen),
+                seconds_to(clear_through(back, faults, committed, applied), committed, applied),
             )
         )
     return out
+
+
+def seconds_to(
+    clear: float | None, committed: list[Committed], seen: dict[int, float]
+) -> float | None:
+    """Seconds from ``clear`` until the first transaction committed after it was seen."""
+    first = None if clear is None else first_after(committed, clear)
+    if first is None or clear is None or first.txn not in seen:
+        return None
+    return seen[first.txn] - clear
 
 
 def is_crash(fault: FaultRecord) -> bool:

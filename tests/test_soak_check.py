@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.soak import CRASH_TARGET_S, OUTAGE_TARGET_S, recovery_target
-from bench.soak_check import all_clear, clear_through
+from bench.soak_check import all_clear, clear_through, seconds_to
 from bench.soak_faults import FaultRecord, PlannedFault
 from bench.soak_load import Committed
 
@@ -63,3 +63,12 @@ def test_an_outage_is_held_to_the_crash_target_when_a_worker_went_in_its_chain()
     assert recovery_target(alone, 306.0, 4.0, times) == CRASH_TARGET_S
     assert recovery_target(quiet, 406.0, 2.0, times) == OUTAGE_TARGET_S == 10.0
     assert recovery_target(stopped, 140.0, 30.0, times) == CRASH_TARGET_S == 35.0
+
+
+def test_seconds_to_the_first_transaction_after_the_all_clear_that_was_seen() -> None:
+    committed = [Committed(txn, "t", 1, at) for txn, at in enumerate((10.0, 20.0, 30.0))]
+    seen = {0: 11.0, 1: 24.5}
+    assert seconds_to(15.0, committed, seen) == 9.5  # txn 1, committed at 20, seen at 24.5
+    assert seconds_to(25.0, committed, seen) is None  # txn 2 never seen
+    assert seconds_to(35.0, committed, seen) is None  # nothing committed after
+    assert seconds_to(None, committed, seen) is None
