@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import decimal
 import os
 import random
@@ -46,15 +45,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.protocol.admin import DeleteGroupsRequest
-from kazoo.client import KazooClient
 
 from app.partitioner import partition_for_key
 from bench import load
-from bench.probes import delete_topics, dumps, worker_log_tail
+from bench.probes import clean_up_run, dumps, worker_log_tail
 from relay.handoff import Batch, Change
 from relay.publish import Publisher
-from tests.support import KAFKA, ROOT, ZOOKEEPER, Worker, write_config
+from tests.support import KAFKA, ROOT, Worker, write_config
 
 RESULTS = ROOT / "bench" / "results.json"  # shared with bench.relay_bench: key "consumers"
 PARTITIONS = 8  # the product default ([aesop].partitions)
@@ -416,32 +413,7 @@ class Run:
             print(f"kept: topics {self.prefix}-*, database {self.destination}, logs {self.tmp}")
             return
         load.drop_database(self.destination)
-        with contextlib.suppress(Exception):
-            asyncio.run(delete_topics((self.prefix,)))
-        with contextlib.suppress(Exception):
-            asyncio.run(_delete_groups(self.groups))
-        zk = KazooClient(hosts=ZOOKEEPER, timeout=10)
-        with contextlib.suppress(Exception):
-            zk.start(timeout=15)
-            for app_id in self.app_ids:
-                zk.delete(f"/aesop-test/{app_id}", recursive=True)
-        with contextlib.suppress(Exception):
-            zk.stop()
-            zk.close()
-        for path in self.tmp.iterdir():
-            path.unlink()
-        self.tmp.rmdir()
-
-
-async def _delete_groups(groups: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-    await admin.start()
-    try:
-        for group in groups:
-            node = await admin.find_coordinator(group)
-            await admin._send_request(DeleteGroupsRequest([group]), node)  # no public way
-    finally:
-        await admin.close()
+        clean_up_run(self.prefix, self.groups, self.app_ids, self.tmp)
 
 
 def _destination_check(run: Run, expected: dict[str, int]) -> dict[str, Any]:

@@ -71,12 +71,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.protocol.admin import DeleteGroupsRequest
-from kazoo.client import KazooClient
 
 from bench import ceiling, load
-from bench.probes import delete_topics, dumps, percentile, worker_log_tail
-from tests.support import KAFKA, ROOT, ZOOKEEPER, SourceSpec, write_config
+from bench.probes import clean_up_run, dumps, percentile, worker_log_tail
+from tests.support import KAFKA, ROOT, SourceSpec, write_config
 
 RESULTS = ROOT / "bench" / "results.json"  # shared with the other benchmarks: key below
 RESULTS_KEY = "consumer_latency"  # relay_bench has "latency" (commit to Kafka)
@@ -300,32 +298,7 @@ class Run:
         for db in self.databases:
             with contextlib.suppress(Exception):
                 load.drop_database(db)
-        with contextlib.suppress(Exception):
-            asyncio.run(delete_topics((self.prefix,)))
-        with contextlib.suppress(Exception):
-            asyncio.run(_delete_groups(self.groups))
-        zk = KazooClient(hosts=ZOOKEEPER, timeout=10)
-        with contextlib.suppress(Exception):
-            zk.start(timeout=15)
-            for app_id in self.app_ids:
-                zk.delete(f"/aesop-test/{app_id}", recursive=True)
-        with contextlib.suppress(Exception):
-            zk.stop()
-            zk.close()
-        for path in self.tmp.iterdir():
-            path.unlink()
-        self.tmp.rmdir()
-
-
-async def _delete_groups(groups: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-    await admin.start()
-    try:
-        for group in groups:
-            node = await admin.find_coordinator(group)
-            await admin._send_request(DeleteGroupsRequest([group]), node)  # no public way
-    finally:
-        await admin.close()
+        clean_up_run(self.prefix, self.groups, self.app_ids, self.tmp)
 
 
 class Applier:

@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.admin import DeleteGroupsRequest
+from kazoo.client import KazooClient
 
-from tests.support import KAFKA
+from tests.support import KAFKA, ZOOKEEPER
 
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
@@ -172,3 +174,34 @@ def worker_log_tail(path: Path, lines: int = 30) -> str:
 
 def dumps(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+
+async def delete_groups(groups: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        for group in groups:
+            node = await admin.find_coordinator(group)
+            await admin._send_request(DeleteGroupsRequest([group]), node)  # no public way
+    finally:
+        await admin.close()
+
+
+def clean_up_run(prefix: str, groups: list[str], app_ids: list[str], tmp: Path) -> None:
+    """What a benchmark run leaves in Kafka and ZooKeeper (each step best-effort), then its
+    scratch directory."""
+    with contextlib.suppress(Exception):
+        asyncio.run(delete_topics((prefix,)))
+    with contextlib.suppress(Exception):
+        asyncio.run(delete_groups(groups))
+    zk = KazooClient(hosts=ZOOKEEPER, timeout=10)
+    with contextlib.suppress(Exception):
+        zk.start(timeout=15)
+        for app_id in app_ids:
+            zk.delete(f"/aesop-test/{app_id}", recursive=True)
+    with contextlib.suppress(Exception):
+        zk.stop()
+        zk.close()
+    for path in tmp.iterdir():
+        path.unlink()
+    tmp.rmdir()
