@@ -24,6 +24,7 @@ CRASHES = frozenset({"kill9", "kill9_in_kafka"})
 SLOTS = ("a", "b")
 WARMUP_S = 30.0  # before the first fault: the workers join and the load settles
 TERM_TIMEOUT_S = 60.0
+BROKER_STARTS = 3  # a broker start that ZooKeeper stopping under it failed is tried again
 
 
 @dataclass(frozen=True)
@@ -220,21 +221,34 @@ class FaultRunner:
 
     def _service_down(self, service: str, seconds: float, record: FaultRecord) -> None:
         self.down.add(service)
+        if service == "zookeeper":
+            self.zookeeper_up.clear()  # before the stop: a broker start checks it
         self.stack.run("stop", service)
         record.started = time.time()
-        if service == "zookeeper":
-            self.zookeeper_up.clear()
         try:
             self._sleep(seconds)
         finally:
             if service == "kafka":
-                while not self.zookeeper_up.wait(1.0):
-                    pass  # a broker cannot start without ZooKeeper
-            self.stack.run("start", service)
+                self._start_broker()
+            else:
+                self.stack.run("start", service)
             self.down.discard(service)
             record.back = time.time()
             if service == "zookeeper":
                 self.zookeeper_up.set()
+
+    def _start_broker(self) -> None:
+        """Start Kafka once ZooKeeper is up; again if ZooKeeper went down during the start
+        (a ZooKeeper fault that began as the broker was starting)."""
+        for attempt in range(1, BROKER_STARTS + 1):
+            while not self.zookeeper_up.wait(1.0):
+                pass  # a broker cannot start without ZooKeeper
+            try:
+                self.stack.run("start", "kafka")
+                return
+            except AssertionError:
+                if attempt == BROKER_STARTS or self.zookeeper_up.is_set():
+                    raise
 
     def _mariadb(self, record: FaultRecord) -> None:
         with self.service_locks["mariadb"]:
