@@ -29,11 +29,13 @@ $(VENV)/.installed: $(ROOT)/requirements.lock $(ROOT)/requirements-dev.lock $(RO
 demo: up venv ## Run a worker on a sample database with a load generator; watch events flow
 	cd $(ROOT) && $(PY) -m demo.run
 
-test: up venv ## Run the whole test suite against the local stack
-	cd $(ROOT) && $(PY) -m pytest
+test: up venv ## Run the unit tier, then the tests against the local stack
+	cd $(ROOT) && $(PY) -m pytest -m "not stack"
+	cd $(ROOT) && $(PY) -m pytest -m stack
 
-lint: venv ## ruff lint and format check
+lint: venv ## ruff lint and format check, mypy
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	cd $(ROOT) && $(VENV)/bin/mypy app tables relay agents web metrics
 
 bench: up venv ## Run the relay, consumer and latency benchmarks (figures as ratios to baselines)
 	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.relay_bench
