@@ -32,10 +32,12 @@ from typing import Any
 import orjson
 
 from bench.soak_check import (
+    Recovery,
     Verdict,
     check_kafka,
     differences,
     ledger_counts,
+    missing_in_replica,
     read_tables,
     recovery_times,
 )
@@ -137,8 +139,11 @@ def write_config(names: Names, start: str) -> Path:
 
 
 class Soak:
-    def __init__(self, minutes: float, seed: int, rate: float, converge_s: float) -> None:
+    def __init__(
+        self, minutes: float, seed: int, rate: float, converge_s: float, keep: bool = False
+    ) -> None:
         self.minutes = minutes
+        self.keep = keep
         self.seed = seed
         self.rate = rate
         self.converge_s = converge_s
@@ -327,6 +332,8 @@ class Soak:
         verdict.replica_equal = not diff
         for line in diff.values():
             verdict.fail(f"replica differs: {line}")
+        if diff:
+            self._post_mortem(events, source)
         verdict.dlq = len(read_dlq(names.consumer))
         if verdict.dlq:
             verdict.fail(f"{verdict.dlq} changes dead-lettered to {names.consumer}.dlq")
@@ -352,9 +359,9 @@ class Soak:
         # Workers that exited by themselves are listed in the failures, not timed here.
         times = recovery_times(self.faults.records, self.load.committed, events, names.replica)
         t0 = self.faults.t0
-        by_kind: dict[str, list[tuple[float | None, float | None]]] = {}
+        by_kind: dict[str, list[tuple[float | None, ...]]] = {}
         over: list[str] = []
-        for fault, clear, kafka_s, replica_s in times:
+        for fault, clear, kafka_s, replica_s, flow_kafka_s, flow_replica_s in times:
             at = f"+{fault.started - t0:5.1f}s" if fault.started else "   --  "
             owner = "" if fault.relay_owner is None else f" relay-owner={fault.relay_owner}"
             wait = ""
@@ -362,18 +369,25 @@ class Soak:
                 wait = f" (all back {clear - fault.back:.1f}s later)"
             say(
                 f"  {at} {fault.kind:<15} {fault.plan.describe():<62} to Kafka {fmt(kafka_s):>6},"
-                f" to replica {fmt(replica_s):>6}{wait}{owner} {'; '.join(fault.notes)}"
+                f" to replica {fmt(replica_s):>6} (flowing {fmt(flow_kafka_s)} / "
+                f"{fmt(flow_replica_s)}){wait}{owner} {'; '.join(fault.notes)}"
             )
-            by_kind.setdefault(fault.kind, []).append((kafka_s, replica_s))
+            by_kind.setdefault(fault.kind, []).append(
+                (kafka_s, replica_s, flow_kafka_s, flow_replica_s)
+            )
             target = recovery_target(fault, clear, kafka_s, times)
             worst = max((v for v in (kafka_s, replica_s) if v is not None), default=None)
             if worst is not None and worst > target:
                 over.append(f"{fault.kind} at {at.strip()}: {worst:.1f}s > {target:.0f}s")
-        say("recovery per kind (min / median / max seconds):")
+        say(
+            "recovery per kind (min / median / max seconds; caught up: the first change"
+            " committed after the all-clear is there; flowing: any change arrives again):"
+        )
         for kind, pairs in sorted(by_kind.items()):
             say(
-                f"  {kind:<15} n={len(pairs)}  to Kafka {spread([p[0] for p in pairs])},"
-                f"  to replica {spread([p[1] for p in pairs])}"
+                f"  {kind:<15} n={len(pairs)}  caught up: Kafka {spread([p[0] for p in pairs])},"
+                f"  replica {spread([p[1] for p in pairs])};  flowing: Kafka"
+                f" {spread([p[2] for p in pairs])},  replica {spread([p[3] for p in pairs])}"
             )
         say(
             f"recovery targets: {OUTAGE_TARGET_S:.0f}s after an outage, {CRASH_TARGET_S:.0f}s"
@@ -395,11 +409,28 @@ class Soak:
             f" kafka={verdict.kafka_messages} missing={verdict.missing_events}"
             f" duplicates={verdict.duplicates} (without crash {verdict.duplicates_without_crash})"
             f" wrong_table={verdict.wrong_table} order_violations={verdict.order_violations}"
+            f" partition_order={verdict.partition_order_violations}"
             f" replica={'equal' if verdict.replica_equal else 'DIFFERS'}"
             f" converged={'NO' if converged_s is None else f'yes ({converged_s:.0f}s)'}"
             f" -> {'PASS' if ok else 'FAIL'}  logs: {names.logs}"
         )
         return 0 if ok else 1
+
+    def _post_mortem(self, events: list[Any], source: dict[str, Any]) -> None:
+        """Where the changes the replica lacks are in Kafka, and what the consumer recorded,
+        in ``post-mortem.txt`` beside the worker logs."""
+        names = self.names
+        try:
+            lines = missing_in_replica(events, source["ledger"], names.replica)
+            offsets = group_offsets(names.consumer, names.topic)
+            lines.append(f"consumer group (committed, end) per partition: {offsets}")
+        except Exception as exc:
+            lines = [f"post-mortem incomplete: {first_line(exc)}"]
+        path = names.logs / "post-mortem.txt"
+        path.write_text("\n".join(lines) + "\n")
+        for line in lines[:12]:
+            say(f"post-mortem: {line[:300]}")
+        say(f"post-mortem: {path}")
 
     # -- clean-up -------------------------------------------------------------------
 
@@ -417,7 +448,12 @@ class Soak:
             steps.append(("Kafka tail", lambda: self.tail and self.tail.stop()))
         if self.workers is not None:
             steps.append(("workers", lambda: self.workers and self.workers.close()))
-        if self.created:
+        if self.created and self.keep:
+            say(
+                f"soak: kept databases {names.database} and {names.replica}, topics"
+                f" {names.topic} and {names.app_id}-*, ZooKeeper /aesop-soak/{names.app_id}"
+            )
+        elif self.created:
             steps.append(("databases", lambda: drop_databases(names.database, names.replica)))
             prefixes = (f"{names.app_id}-", names.topic)
             steps.append(("topics", lambda: delete_topics_starting_with(*prefixes)))
@@ -459,7 +495,7 @@ def recovery_target(
     fault: FaultRecord,
     clear: float | None,
     kafka_s: float | None,
-    times: list[tuple[FaultRecord, float | None, float | None, float | None]],
+    times: list[Recovery],
 ) -> float:
     """Seconds within which changes must flow again after this fault (printed, not failed:
     a shared machine's pauses would make a hard limit flaky). An outage is held to the crash
@@ -470,10 +506,10 @@ def recovery_target(
         return CRASH_TARGET_S
     if clear is None:
         return OUTAGE_TARGET_S
-    chain = [f for f, c, _, _ in times if c == clear and f.started is not None]
+    chain = [f for f, c, *_ in times if c == clear and f.started is not None]
     begun = min((f.started for f in chain if f.started is not None), default=clear)
     flowed = clear + (kafka_s or 0.0)
-    signalled = [f.started for f, _, _, _ in times if f.kind in WORKER_FAULTS and f.started]
+    signalled = [f.started for f, _, *_ in times if f.kind in WORKER_FAULTS and f.started]
     return CRASH_TARGET_S if any(begun <= at <= flowed for at in signalled) else OUTAGE_TARGET_S
 
 
@@ -519,6 +555,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--converge", type=float, default=180.0, help="seconds to wait for catch-up (default 180)"
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the databases, topics and ZooKeeper nodes for a post-mortem",
+    )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0 or args.converge <= 0:
         parser.error("--minutes, --rate and --converge must be positive")
@@ -534,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     except SoakError as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 2
-    soak = Soak(args.minutes, args.seed, args.rate, args.converge)
+    soak = Soak(args.minutes, args.seed, args.rate, args.converge, args.keep)
     try:
         return soak.run()
     except KeyboardInterrupt:

@@ -66,6 +66,7 @@ class Verdict:
     duplicates_by_fault: Counter[str] = field(default_factory=Counter)
     wrong_table: int = 0
     order_violations: int = 0
+    partition_order_violations: int = 0
     replica_equal: bool = False
     dlq: int = 0
     failures: list[str] = field(default_factory=list)
@@ -329,6 +330,69 @@ def check_order(events: list[Event], verdict: Verdict) -> None:
         verdict.fail(f"{verdict.order_violations} per-key order violations: {examples[:EXAMPLES]}")
 
 
+def check_partition_order(events: list[Event], verdict: Verdict) -> None:
+    """Per partition, in offset order: each change's first copy comes after the first copies
+    of every earlier change. A consumer skips what is at or below the last ``(scn, row)`` it
+    applied in a partition (a re-publish after a crash), so a first copy that arrives below
+    one seen before would be skipped in every copy: lost, though it is in Kafka."""
+    seen: set[tuple[int, int]] = set()
+    top: dict[int, tuple[tuple[int, int], int]] = {}  # partition -> (highest ident, its offset)
+    examples: list[str] = []
+    for event in events:  # in (partition, offset) order
+        ident = event.ident
+        if ident in seen:
+            continue
+        seen.add(ident)
+        highest = top.get(event.partition)
+        if highest is not None and ident < highest[0]:
+            verdict.partition_order_violations += 1
+            if len(examples) < EXAMPLES:
+                examples.append(
+                    f"p{event.partition} offset {event.offset}: first copy of {ident} after"
+                    f" {highest[0]} at offset {highest[1]}"
+                )
+            continue
+        top[event.partition] = (ident, event.offset)
+    if verdict.partition_order_violations:
+        verdict.fail(
+            f"{verdict.partition_order_violations} changes first reached Kafka below a later"
+            f" change of their partition (a consumer skips them): {examples}"
+        )
+
+
+def missing_in_replica(
+    events: list[Event], source_ledger: Iterable[tuple[Any, ...]], replica: str
+) -> list[str]:
+    """Where the transactions the replica lacks are in Kafka: per ledger row missing from the
+    replica, each copy of its events (partition, offset, ``(scn, row)``), for a post-mortem."""
+    with connect(replica, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT txn FROM ledger")
+        have = {int(row[0]) for row in cur.fetchall()}
+        cur.execute("SELECT * FROM aesop_offsets")
+        offsets = [repr(row) for row in cur.fetchall()]
+    lacking = sorted(int(row[0]) for row in source_ledger if int(row[0]) not in have)
+    if not lacking:
+        return []
+    scn_of: dict[int, int] = {}
+    for event in events:
+        if event.table == "ledger" and event.value["after"]:
+            scn_of.setdefault(int(event.value["after"]["txn"]), event.value["scn"])
+    copies: dict[int, list[Event]] = defaultdict(list)
+    for event in events:
+        copies[event.value["scn"]].append(event)
+    lines = [f"the replica lacks {len(lacking)} ledger txns: {lacking}"]
+    lines += [f"replica aesop_offsets: {row}" for row in offsets]
+    for txn in lacking:
+        scn = scn_of.get(txn)
+        if scn is None:
+            lines.append(f"txn {txn}: no ledger event in Kafka")
+            continue
+        found = sorted(copies[scn], key=lambda e: (e.partition, e.offset))
+        where = ", ".join(f"p{e.partition}@{e.offset}{e.ident}" for e in found)
+        lines.append(f"txn {txn} scn {scn}: {where}")
+    return lines
+
+
 def replay(distinct: list[Event], verdict: Verdict) -> dict[str, Counter[tuple[Any, ...]]]:
     """The tables as Kafka's events build them, applied in (scn, row) order from empty."""
     keyed: dict[str, dict[bytes, tuple[Any, ...]]] = {t: {} for t in COLUMNS if PRIMARY_KEYS[t]}
@@ -392,6 +456,7 @@ def check_kafka(
     verdict.expected_events = sum(ledger.values())
     check_transactions(distinct, ledger, binlog, verdict)
     check_order(events, verdict)
+    check_partition_order(events, verdict)
     built = replay(distinct, verdict)
     for line in differences(source, built).values():
         verdict.fail(f"the source's final rows and Kafka's last events per key differ: {line}")
@@ -443,31 +508,48 @@ def clear_through(
     return clear
 
 
+Recovery = tuple[FaultRecord, float | None, float | None, float | None, float | None, float | None]
+
+
 def recovery_times(
     faults: list[FaultRecord], committed: list[Committed], events: list[Event], replica: str
-) -> list[tuple[FaultRecord, float | None, float | None, float | None]]:
+) -> list[Recovery]:
     """Per fault: when everything was back (:func:`all_clear`), then the seconds from there
     until the first transaction committed after it was in Kafka, and in the replica (None:
-    never). Each of the two moves on past an outage that began before it was reached."""
+    never): caught up, the backlog of the outage included. Each of the two moves on past an
+    outage that began before it was reached. Then the seconds until changes flowed again
+    at all after it (:func:`seconds_to_flow`), in Kafka and in the replica."""
     ledger_seen: dict[int, float] = {}
     for event in events:
         if event.table == "ledger" and event.value["after"]:
             txn = event.value["after"]["txn"]
             ledger_seen[txn] = min(ledger_seen.get(txn, event.received), event.received)
     applied = applied_at(replica, (c.txn for c in committed))
-    out: list[tuple[FaultRecord, float | None, float | None, float | None]] = []
+    out: list[Recovery] = []
     for fault in faults:
         back = all_clear(fault, faults)
         clear = clear_through(back, faults, committed, ledger_seen)
+        clear_replica = clear_through(back, faults, committed, applied)
         out.append(
             (
                 fault,
                 clear,
                 seconds_to(clear, committed, ledger_seen),
-                seconds_to(clear_through(back, faults, committed, applied), committed, applied),
+                seconds_to(clear_replica, committed, applied),
+                seconds_to_flow(clear, ledger_seen),
+                seconds_to_flow(clear_replica, applied),
             )
         )
     return out
+
+
+def seconds_to_flow(clear: float | None, seen: dict[int, float]) -> float | None:
+    """Seconds from ``clear`` until any transaction was seen at or after it (the flow goes
+    again, the outage's backlog first); None if nothing was."""
+    if clear is None:
+        return None
+    after = [at for at in seen.values() if at >= clear]
+    return min(after) - clear if after else None
 
 
 def seconds_to(

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from bench.soak import CRASH_TARGET_S, OUTAGE_TARGET_S, recovery_target
-from bench.soak_check import all_clear, clear_through, seconds_to
+from bench.soak_check import (
+    Event,
+    Verdict,
+    all_clear,
+    check_partition_order,
+    clear_through,
+    seconds_to,
+    seconds_to_flow,
+)
 from bench.soak_faults import FaultRecord, PlannedFault
 from bench.soak_load import Committed
 
@@ -72,3 +80,49 @@ def test_seconds_to_the_first_transaction_after_the_all_clear_that_was_seen() ->
     assert seconds_to(25.0, committed, seen) is None  # txn 2 never seen
     assert seconds_to(35.0, committed, seen) is None  # nothing committed after
     assert seconds_to(None, committed, seen) is None
+
+
+def test_changes_flow_again_when_any_arrives_after_the_all_clear() -> None:
+    seen = {0: 9.0, 1: 21.5, 2: 24.5}  # the backlog's first change arrives 1.5 s after
+    assert seconds_to_flow(20.0, seen) == 1.5
+    assert seconds_to_flow(25.0, seen) is None
+    assert seconds_to_flow(None, seen) is None
+
+
+def _events(*placed: tuple[int, int, int, int]) -> list[Event]:
+    """(partition, offset, scn, row) each; events in (partition, offset) order."""
+    return [
+        Event(0.0, p, o, {"id": o}, {"scn": scn, "row": row, "source": {"table": "t"}})
+        for p, o, scn, row in sorted(placed)
+    ]
+
+
+def test_a_re_published_run_keeps_each_partition_in_order() -> None:
+    verdict = Verdict()
+    # Partition 0: 10..12, then a relay restart re-publishes 11..12 and goes on with 13;
+    # partition 1 interleaves freely with it.
+    check_partition_order(
+        _events(
+            (0, 0, 10, 0),
+            (0, 1, 11, 0),
+            (0, 2, 12, 0),
+            (0, 3, 11, 0),
+            (0, 4, 12, 0),
+            (0, 5, 13, 0),
+            (1, 0, 12, 1),
+            (1, 1, 14, 0),
+        ),
+        verdict,
+    )
+    assert verdict.partition_order_violations == 0 and not verdict.failures
+
+
+def test_a_first_copy_below_a_later_change_of_its_partition_fails() -> None:
+    verdict = Verdict()
+    # 12 reached partition 0 before 11 ever did: a consumer skips every copy of 11.
+    check_partition_order(
+        _events((0, 0, 10, 0), (0, 1, 12, 0), (0, 2, 11, 0), (0, 3, 12, 0), (1, 0, 11, 1)),
+        verdict,
+    )
+    assert verdict.partition_order_violations == 1
+    assert "p0 offset 2: first copy of (11, 0) after (12, 0)" in verdict.failures[0]
