@@ -1,14 +1,22 @@
-"""The aesop Faust app, settings and CLI; ``faust -A app worker`` finds ``app.app`` here."""
+"""The aesop Faust app, settings and CLI; ``faust -A app worker`` finds ``app.app`` here.
+
+``app.app`` is built on first use (``app.main.build``), so that importing ``app.settings``,
+running ``aesop check`` or a unit test builds no worker.
+"""
 
 from typing import Any
 
-__all__ = ["app", "settings"]
+__all__ = ["app"]
+
+_built: Any = None
 
 
 def __getattr__(name: str) -> Any:
-    # Built on first use, so that `aesop check` and the settings tests need no Faust app.
-    if name in __all__:
-        from app import main
+    global _built
+    if name == "app":
+        if _built is None:
+            from app.main import build
 
-        return getattr(main, name)
+            _built = build()
+        return _built
     raise AttributeError(name)

@@ -31,7 +31,7 @@ def _client(app: Any) -> Any | None:
     return None
 
 
-class WholeAssignor(PartitionAssignor):  # type: ignore[misc]
+class WholeAssignor(PartitionAssignor):
     """Faust's assignor; if a subscribed topic is missing, refreshes metadata until it is not."""
 
     _refreshing: asyncio.Task[None] | None = None

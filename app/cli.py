@@ -8,26 +8,32 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import app.settings as settings_module
 from app.errors import AesopError
 from app.settings import MySQLURL, Settings
+from tables.mirrored import NOT_JSON, Mirrored, ZooKeeperUnreachable, read_mirrored
+from tables.paths import relay_path
+from tables.positions import Checkpoint
 
-if TYPE_CHECKING:
-    from relay.position import Checkpoint
 
+def check_sources(settings: Settings, mirrored: Mirrored | None = None) -> list[str]:
+    """Preflight every source from its mirrored checkpoint (if any); one line per source,
+    errors first-class."""
+    from relay import preflight
 
-def check_sources(settings: Settings, checkpoints: dict[str, object] | None = None) -> list[str]:
-    """Preflight every source; returns one line per source, errors first-class."""
-    from relay import server
-
+    mirrored = mirrored or Mirrored()
     lines = []
     for source in settings.sources:
-        stored = (checkpoints or {}).get(source.name)
+        path = settings.zk_root + relay_path(source.name)
+        if path in mirrored.bad:
+            lines.append(f"error: source {source.name!r}: ZooKeeper {path}: {mirrored.bad[path]}")
+            continue
+        stored = mirrored.relays.get(source.name)
+        checkpoint = None if stored is None else Checkpoint.from_json(stored)
         try:
-            checkpoint = _checkpoint(settings, source.name, stored)
-            start = server.preflight(source, checkpoint)
+            start = preflight.preflight(source, checkpoint)
         except AesopError as exc:
             lines.append(f"error: {exc}")
         else:
@@ -68,56 +74,34 @@ def _reach_destination(name: str, url: MySQLURL) -> None:
         ) from None
 
 
-def _checkpoint(settings: Settings, name: str, stored: object) -> Checkpoint | None:
-    from relay.position import Checkpoint
-
-    if stored is None:
-        return None
-    try:
-        return Checkpoint.from_json(stored)
-    except AesopError as exc:
-        where = f"ZooKeeper {settings.zk_root}/relays/{name}"
-        raise AesopError(f"source {name!r}: {where}: {exc}") from None
-
-
-def mirrored_checkpoints(settings: Settings) -> dict[str, object]:
-    """Relay checkpoints from the ZooKeeper mirror, read without a worker."""
-    import orjson
-
-    from tables.zookeeper import ZooKeeperMirror
-
-    async def read() -> dict[str, object]:
-        zk = ZooKeeperMirror(settings.zookeeper, settings.zk_root)
-        await zk.start()
-        try:
-            if not await zk.wait_connected(5.0):
-                raise AesopError(
-                    f"cannot reach ZooKeeper at {settings.zookeeper}; is it running? "
-                    '(set zookeeper = "" to run without the mirror)'
-                )
-            found = {}
-            for source in settings.sources:
-                path = f"/relays/{source.name}"
-                where = f"ZooKeeper {settings.zookeeper} {settings.zk_root}{path}"
-                try:
-                    document = await zk.read(path)
-                except orjson.JSONDecodeError:
-                    raise AesopError(f"{where} is not JSON; fix or delete that node") from None
-                except Exception as exc:  # kazoo raises many kinds
-                    raise AesopError(f"cannot read {where} ({exc!r}); is it healthy?") from None
-                if document is not None:
-                    found[source.name] = document
-            return found
-        finally:
-            await zk.stop()
-
+def mirrored_for_check(settings: Settings) -> Mirrored:
+    """Relay checkpoints from the ZooKeeper mirror, read without a worker; a node that is not
+    JSON, or ZooKeeper out of reach, is an error that stops the check."""
     if not settings.zookeeper_enabled:
-        return {}
-    return asyncio.run(read())
+        return Mirrored()
+    try:
+        mirrored = read_mirrored(settings)
+    except ZooKeeperUnreachable:
+        raise AesopError(
+            f"cannot reach ZooKeeper at {settings.zookeeper}; is it running? "
+            '(set zookeeper = "" to run without the mirror)'
+        ) from None
+    except Exception as exc:  # kazoo raises many kinds
+        raise AesopError(
+            f"cannot read ZooKeeper {settings.zookeeper} {settings.zk_root} ({exc!r}); "
+            "is it healthy?"
+        ) from None
+    relays = {settings.zk_root + relay_path(source.name) for source in settings.sources}
+    for path, why in mirrored.bad.items():
+        if why == NOT_JSON and path in relays:  # heartbeats and positions are not checked
+            raise AesopError(
+                f"ZooKeeper {settings.zookeeper} {path} is not JSON; fix or delete that node"
+            )
+    return mirrored
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    lines = check_sources(settings, mirrored_checkpoints(settings)) + check_consumers(settings)
+    lines = check_sources(settings, mirrored_for_check(settings)) + check_consumers(settings)
     for line in lines:
         print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
     if not settings.sources and not settings.consumers:
@@ -175,9 +159,13 @@ def _seconds(text: str) -> float:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    argv = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", args.loglevel]
-    os.execv(sys.executable, argv)
-    return 0  # not reached
+    """Run a worker of these settings, as ``faust -A app worker`` would (it never returns)."""
+    from app.factory import create_app
+
+    worker_app = create_app(settings)
+    sys.argv = ["aesop", "worker", "-l", args.loglevel]
+    worker_app.main()
+    return 0  # not reached: faust's command exits
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,13 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Library warnings (kazoo's reconnects) would reach stderr through logging's last
     # resort; the check reports each problem itself, in one line.
     logging.getLogger().addHandler(logging.NullHandler())
-    if args.config:
-        os.environ["AESOP_CONFIG"] = args.config
     # Handlers are imported as the worker (`python -m faust`) imports them: from the cwd too.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        settings = settings_module.load()
+        settings = settings_module.load(args.config)
         commands_by_name = {"check": cmd_check, "lag": cmd_lag, "worker": cmd_worker}
         return commands_by_name[args.command](settings, args)
     except AesopError as exc:

@@ -25,5 +25,7 @@ class DecodeError(SourceError):
     """A binlog event could not be decoded; continuing would silently drop changes."""
 
 
-class PublishError(AesopError):
-    """Kafka did not acknowledge an event."""
+class LibraryVersionError(AesopError):
+    """An installed library is not a version whose internals aesop was written against."""
+
+    exit_code = 2

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-
-from app.main import app
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,12 @@ def freeze() -> int:
     return count
 
 
-@app.task
-async def _freeze_start_up_objects() -> None:
-    await asyncio.sleep(SETTLE_S)
-    count = freeze()
-    log.info("worker: %d start-up objects frozen out of garbage collection", count)
+def install(app: Any) -> None:
+    """Freeze the start-up objects ``SETTLE_S`` seconds after the worker starts."""
+
+    async def freeze_start_up_objects() -> None:
+        await asyncio.sleep(SETTLE_S)
+        count = freeze()
+        log.info("worker: %d start-up objects frozen out of garbage collection", count)
+
+    app.task(freeze_start_up_objects)

@@ -17,18 +17,16 @@ Seconds behind, as the report defines it:
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from app.errors import AesopError
+from app.errors import SourceError
 from app.settings import Settings, SourceSettings
-from relay.position import Checkpoint, file_sequence, scn_of
-from tables.paths import heartbeat_path, relay_path
+from tables.mirrored import Mirrored, ZooKeeperUnreachable, read_mirrored
+from tables.paths import relay_path
+from tables.positions import file_sequence, scn_of
 
 CONNECT_TIMEOUT_S = 5.0
 FETCH_TIMEOUT_S = 2.0
@@ -88,7 +86,7 @@ def _read_server(source: SourceSettings, checkpoint: Mapping[str, Any] | None) -
         cur.execute("SHOW MASTER STATUS")
         row = cur.fetchone()
         if row is None:
-            raise RuntimeError("binary logging is off on this server")
+            raise SourceError("binary logging is off on this server")
         file, pos = str(row[0]), int(row[1])
         cur.execute("SHOW BINARY LOGS")
         sizes = {str(r[0]): int(r[1]) for r in cur.fetchall()}
@@ -117,81 +115,6 @@ def _bytes_behind(server: ServerPosition, file: str, pos: int) -> int | None:
 
 
 # -- ZooKeeper -------------------------------------------------------------------------
-
-
-@dataclass
-class Mirrored:
-    """What the ZooKeeper mirror holds: relay checkpoints and consumer positions."""
-
-    relays: dict[str, Any] = field(default_factory=dict)
-    heartbeats: dict[str, Any] = field(default_factory=dict)  # source -> {worker, state, ts_ms}
-    consumers: dict[tuple[str, str, int], Any] = field(default_factory=dict)
-    bad: dict[str, str] = field(default_factory=dict)  # path -> why it was ignored
-
-
-_zk_log = logging.getLogger("aesop.lag.zookeeper")
-_zk_log.setLevel(logging.WARNING)
-
-
-def _read_zookeeper(settings: Settings) -> Mirrored:
-    """Every relay checkpoint and consumer position under zk_root (blocking: use a thread)."""
-    from kazoo.client import KazooClient
-    from kazoo.exceptions import NoNodeError
-
-    from agents.consumer import mirror_path
-
-    # A session per report (every few seconds on a worker): its connect and close lines
-    # are not worth logging; warnings and errors still are.
-    client = KazooClient(hosts=settings.zookeeper, timeout=CONNECT_TIMEOUT_S, logger=_zk_log)
-    try:
-        client.start(timeout=CONNECT_TIMEOUT_S)
-    except Exception:
-        client.close()
-        raise
-    found = Mirrored()
-
-    def read(path: str) -> Any | None:
-        try:
-            data, _ = client.get(path)
-        except NoNodeError:
-            return None
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            found.bad[path] = "not JSON"
-            return None
-
-    try:
-        for source in settings.sources:
-            beat = read(f"{settings.zk_root}{heartbeat_path(source.name)}")
-            if isinstance(beat, dict) and isinstance(beat.get("ts_ms"), int):
-                found.heartbeats[source.name] = beat
-            path = f"{settings.zk_root}{relay_path(source.name)}"
-            document = read(path)
-            if document is None:
-                continue
-            try:
-                found.relays[source.name] = Checkpoint.from_json(document).to_json()
-            except AesopError:
-                found.bad[path] = f"not a checkpoint: {document!r}"[:200]
-        for consumer in settings.consumers:
-            for topic in consumer.topics:
-                parent = settings.zk_root + mirror_path(consumer.name, topic, 0).rsplit("/", 1)[0]
-                try:
-                    children = client.get_children(parent)
-                except NoNodeError:
-                    continue
-                for child in children:
-                    if child.isdigit():
-                        document = read(f"{parent}/{child}")
-                        if isinstance(document, dict) and isinstance(document.get("offset"), int):
-                            found.consumers[(consumer.name, topic, int(child))] = document
-                        elif document is not None:
-                            found.bad[f"{parent}/{child}"] = "not an applied position"
-        return found
-    finally:
-        client.stop()
-        client.close()
 
 
 # -- Kafka -----------------------------------------------------------------------------
@@ -258,7 +181,9 @@ async def _read_kafka(settings: Settings, mirrored: Mirrored) -> Offsets:
         await asyncio.gather(consumer.stop(), admin.close(), return_exceptions=True)
 
 
-def _waiting(settings: Settings, mirrored: Mirrored, found: Offsets) -> dict[tuple[str, int], int]:
+def _waiting(
+    settings: Settings, mirrored: Mirrored, found: Offsets
+) -> dict[tuple[str, int], set[int]]:
     """Per topic partition, each offset that some consumer has yet to process next."""
     wanted: dict[tuple[str, int], set[int]] = {}
     for consumer in settings.consumers:
@@ -459,7 +384,7 @@ def _add_reader(
 ) -> None:
     """Which worker runs the source's relay (its heartbeat), and whether none does: a stale
     heartbeat, or none at all beside a checkpoint, means no live worker reads the source."""
-    reader = None
+    reader: dict[str, Any] | None = None
     if beat is not None:
         seconds_ago = round(max(0.0, (now_ms - int(beat["ts_ms"])) / 1000), 3)
         reader = {
@@ -514,8 +439,11 @@ async def build_report(
     if settings.zookeeper_enabled:
         try:
             mirrored = await asyncio.wait_for(
-                asyncio.to_thread(_read_zookeeper, settings), 3 * CONNECT_TIMEOUT_S
+                asyncio.to_thread(read_mirrored, settings, CONNECT_TIMEOUT_S),
+                3 * CONNECT_TIMEOUT_S,
             )
+        except ZooKeeperUnreachable as exc:
+            zk_error = str(exc)
         except Exception as exc:
             zk_error = f"cannot reach ZooKeeper at {settings.zookeeper}: {_error(exc)}"
 
@@ -525,8 +453,9 @@ async def build_report(
         except Exception as exc:
             return f"cannot reach Kafka at {settings.kafka}: {_error(exc)}"
 
-    *servers, kafka_result = await asyncio.gather(
-        *(mysql(s, mirrored.relays.get(s.name)) for s in settings.sources), kafka()
+    servers, kafka_result = await asyncio.gather(
+        asyncio.gather(*(mysql(s, mirrored.relays.get(s.name)) for s in settings.sources)),
+        kafka(),
     )
     kafka_error = kafka_result if isinstance(kafka_result, str) else None
     offsets = None if isinstance(kafka_result, str) else kafka_result

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 BOOTSTRAP = RetryPolicy(initial=0.5, maximum=5.0)
 
 
-class IdempotentProducer(Producer):  # type: ignore[misc]
+class IdempotentProducer(Producer):
     """faust's aiokafka producer with ``enable_idempotence`` (and so ``acks=all``)."""
 
     def _settings_extra(self) -> Mapping[str, Any]:

@@ -16,8 +16,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from app.main import app
-
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 30
@@ -79,6 +77,10 @@ def log_tasks() -> None:
     log.warning("\n".join(lines))
 
 
-@app.task
-async def _dump_tasks_on_sigusr2() -> None:
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, log_tasks)
+def install(app: Any) -> None:
+    """Log the tasks on SIGUSR2, from the worker's start."""
+
+    async def dump_tasks_on_sigusr2() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, log_tasks)
+
+    app.task(dump_tasks_on_sigusr2)

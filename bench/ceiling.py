@@ -15,9 +15,9 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 
 from app.settings import SourceSettings
 from bench.raw_parser import count_rows
-from relay import binlog
+from relay import _pmr_patches, binlog
 from relay.handoff import Batch
-from relay.position import Position
+from tables.positions import Position
 from tests.support import ROOT, mysql_url
 
 ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)
@@ -43,9 +43,10 @@ def source_settings(db: str, table: str, topic: str = "unused") -> SourceSetting
 def parser_rate(start: tuple[str, int], db: str, table: str, rows: int) -> dict[str, Any]:
     """pymysqlreplication alone, as the relay configures it: decode ``rows`` rows of db.table.
 
-    The relay's decoding fixes (relay._pmr_patches, applied by importing relay.binlog) are
-    in force: they are part of the parser the relay runs.
+    The relay's decoding fixes (relay._pmr_patches) are in force: they are part of the
+    parser the relay runs.
     """
+    _pmr_patches.apply()
     source = source_settings(db, table)
     stream = BinLogStreamReader(
         connection_settings=binlog.connection_settings(source),

@@ -49,7 +49,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from app.partitioner import partition_for_key
 from bench import load
 from bench.probes import clean_up_run, dumps, worker_log_tail
-from relay.handoff import Batch, Change
+from relay.handoff import Batch, SerializedChange
 from relay.publish import Publisher
 from tests.support import KAFKA, ROOT, Worker, write_config
 
@@ -73,7 +73,7 @@ def _now6() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}"
 
 
-def change_events(db: str, count: int, txn_rows: int = 100) -> Iterator[list[Change]]:
+def change_events(db: str, count: int, txn_rows: int = 100) -> Iterator[list[SerializedChange]]:
     """The relay's events, a transaction at a time, for the row changes ``load_mixed`` makes:
     per transaction one DELETE, one UPDATE and one multi-row INSERT rows event, in that order,
     with the same random choices (seed 7), ids, values and counts."""
@@ -123,7 +123,7 @@ def change_events(db: str, count: int, txn_rows: int = 100) -> Iterator[list[Cha
         pos += 120  # GTID, BEGIN, table map
         commit_ms = int(time.time()) * 1000
         seq = 0
-        changes: list[Change] = []
+        changes: list[SerializedChange] = []
         for op, pairs in images:
             scn = 4 << 32 | pos
             source = {"name": "bench", "server_id": 1, "db": db, "table": TABLE, "file": FILE,
@@ -138,7 +138,7 @@ def change_events(db: str, count: int, txn_rows: int = 100) -> Iterator[list[Cha
                          "changed": changed, "ts_ms": now_ms}  # fmt: skip
                 seq += 1
                 key = orjson.dumps({"db": db, "table": TABLE, "pk": {"id": image["id"]}})
-                changes.append(Change(key, orjson.dumps(event), scn, row))
+                changes.append(SerializedChange(key, orjson.dumps(event), scn, row))
             pos += 60 + 90 * len(pairs) * (2 if op == "u" else 1)
         pos += 31  # XID
         yield changes

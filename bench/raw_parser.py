@@ -1,8 +1,9 @@
 """The untouched pymysqlreplication decode rate, in a process that never imports relay.
 
-Importing relay applies relay._pmr_patches for good, so the library as released can only
-be timed in a process of its own: ``python -m bench.raw_parser FILE POS DB TABLE ROWS EVENT...``
-prints ``{"rows", "seconds", "rows_per_s"}`` as JSON.
+Once relay._pmr_patches.apply() has run (every reader does) the library stays patched, so
+the library as released is timed in a process of its own:
+``python -m bench.raw_parser FILE POS DB TABLE ROWS EVENT...`` prints
+``{"rows", "seconds", "rows_per_s"}`` as JSON.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agents.consumer import applied_key
 from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED
+from tables.paths import applied_key
 
 STATES = (STARTING, READING, RETRYING, FAILED, STOPPED)
+Family = CounterMetricFamily | GaugeMetricFamily
 
 
 def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
@@ -58,7 +59,7 @@ class AesopCollector(Collector):
         return iter(families)
 
     @staticmethod
-    def _families() -> list[Metric]:
+    def _families() -> list[Family]:
         return [
             _counter("aesop_relay_events_published",
                      "Change events Kafka acknowledged, per source, table (db.table) and op.",
@@ -103,7 +104,7 @@ class AesopCollector(Collector):
                    "worker sees it (once past [lag] unread_seconds; else 0).", ["source"]),
         ]  # fmt: skip
 
-    def _relay_samples(self, families: list[Metric], now: float) -> None:
+    def _relay_samples(self, families: list[Family], now: float) -> None:
         published, reconnects, state, lag, last_ts, scn, age = families[:7]
         for name, relay in sorted(self.relays.relays.items()):
             for (db, table, op), count in sorted(relay.published.items()):
@@ -120,7 +121,7 @@ class AesopCollector(Collector):
             if relay.saved is not None:
                 age.add_metric([name], max(0.0, now - relay.saved.ts_ms / 1000))
 
-    def _consumer_samples(self, families: list[Metric], now: float) -> None:
+    def _consumer_samples(self, families: list[Family], now: float) -> None:
         consumed, applied, skipped, dead, retries, applied_scn, lag_events, lag_s = families[7:15]
         waiting: set[tuple[str, str, int]] = set()
         for runner in self.consumers:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from faust.sensors.prometheus import setup_prometheus_sensors
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from agents.worker import consumers
-from app.main import app
 from metrics.collector import AesopCollector
-from relay.worker import relays
 
-# Faust's series are named faust_*, whatever the app id, so rules and dashboards fit every
-# deployment; the default registry adds the process_* and python_* series.
-setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="faust")
-REGISTRY.register(AesopCollector(relays, consumers))
+
+def install(app: Any, relays: Any, consumers: Iterable[Any]) -> CollectorRegistry:
+    """Serve ``/metrics`` from a registry of this app's own (so a process may hold several
+    apps): Faust's series, aesop's, and the process_* and python_* series."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    # Faust's series are named faust_*, whatever the app id, so rules and dashboards fit
+    # every deployment.
+    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    registry.register(AesopCollector(relays, consumers))
+    return registry

@@ -1,13 +1,35 @@
-"""Fixes to python-mysql-replication 1.0.17 row decoding, applied once on import."""
+"""Fixes to python-mysql-replication row decoding: the library's readers, replaced.
+
+Only ``apply()`` changes the library, once per process, at worker start (and when a binlog
+reader is made, for tools that read without a worker). It first checks that the installed
+version is one these patches were written for, and stops with one line if not: they replace
+name-mangled private methods, which any other version may have changed.
+"""
 
 from __future__ import annotations
 
-import codecs
 import datetime
+from importlib import metadata
 from typing import Any
 
+from pymysqlreplication import binlogstream
 from pymysqlreplication.constants import NONE_SOURCE
 from pymysqlreplication.row_event import RowsEvent, TableMapEvent
+
+from app.errors import LibraryVersionError
+from relay.mysql_text import (
+    FRAC_BYTES,
+    FRAC_SCALE,
+    date_text,
+    datetime2_text,
+    text_decoder,
+    time2_text,
+    timestamp_text,
+)
+
+DISTRIBUTION = "mysql-replication"
+# The versions whose RowsEvent and TableMapEvent privates these patches were checked against.
+SUPPORTED_VERSIONS = ("1.0.17",)
 
 # pymysqlreplication's readers are name-mangled privates; we replace them with readers
 # that return what the server stored, because the originals lose information:
@@ -20,129 +42,10 @@ from pymysqlreplication.row_event import RowsEvent, TableMapEvent
 #  - an empty SET comes back as None.
 # Temporal values are returned as the final text, which also skips building datetimes.
 
-_TIMEF_INT_OFS = 0x800000
-_TIMEF_OFS = 0x800000000000
-_DATETIMEF_INT_OFS = 0x8000000000
-_EPOCH = datetime.datetime(1970, 1, 1)
-_TWO_POW_32 = datetime.timedelta(seconds=1 << 32)
-
-# pymysqlreplication's Charset.encoding names (MySQL charset names, except utf8mb3/utf8mb4
-# -> "utf8", latin1 -> "cp1252", koi8r/koi8u -> koi8_r/koi8_u) mapped to Python codecs.
-_CODECS = {
-    "utf8": "utf-8",
-    "cp1252": "cp1252",
-    "ucs2": "utf-16-be",
-    "utf16": "utf-16-be",
-    "utf16le": "utf-16-le",
-    "utf32": "utf-32-be",
-    "macce": "mac-latin2",
-    "eucjpms": "euc-jp",
-}
-_MYSQL_LATIN1_ERRORS = "aesop-mysql-latin1"
-
-
-def _mysql_latin1_errors(exc: UnicodeError) -> tuple[str, int]:
-    # MySQL's latin1 is cp1252 with 0x81 0x8D 0x8F 0x90 0x9D mapped to the C1 controls.
-    if not isinstance(exc, UnicodeDecodeError):
-        raise exc
-    return exc.object[exc.start : exc.end].decode("latin-1"), exc.end
-
-
-codecs.register_error(_MYSQL_LATIN1_ERRORS, _mysql_latin1_errors)
-
-
-def text_decoder(encoding: str | None) -> tuple[str, str] | None:
-    """Python (codec, errors) for a column's pymysqlreplication encoding; None for binary."""
-    if encoding is None:
-        return "utf-8", "replace"
-    if encoding == "binary":
-        return None
-    codec = _CODECS.get(encoding, encoding)
-    if codec == "cp1252":
-        return codec, _MYSQL_LATIN1_ERRORS
-    try:
-        codecs.lookup(codec)
-    except LookupError:
-        # dec8, hp8, swe7, keybcs2, armscii8, geostd8: no Python codec; latin-1 keeps
-        # every byte and ASCII right.
-        return "latin-1", "strict"
-    return codec, "replace"
-
-
-def _fraction(us: int, fsp: int) -> str:
-    return "." + f"{us:06d}"[:fsp] if fsp else ""
-
-
-# Bytes and microsecond scale of a DATETIME2/TIMESTAMP2/TIME2 fraction, by fsp.
-FRAC_BYTES = (0, 1, 1, 2, 2, 3, 3)
-_FRAC_SCALE = (0, 10000, 10000, 100, 100, 1, 1)
-
-# The *_text functions below turn a value's stored bytes into its final text. The readers
-# patched into RowsEvent use them, and so does relay.decoder, which reads rows itself.
-
-
-def date_text(v: int) -> str:
-    """DATE from its 3-byte little-endian integer."""
-    return f"{v >> 9:04d}-{(v >> 5) & 15:02d}-{v & 31:02d}"
-
-
-def datetime2_text(raw: bytes, fsp: int) -> str:
-    """DATETIME2 from its 5 bytes plus FRAC_BYTES[fsp]."""
-    packed = int.from_bytes(raw[:5], "big") - _DATETIMEF_INT_OFS
-    us = int.from_bytes(raw[5:], "big") * _FRAC_SCALE[fsp]
-    ymd, hms = packed >> 17, packed & 0x1FFFF
-    ym = ymd >> 5
-    return (
-        f"{ym // 13:04d}-{ym % 13:02d}-{ymd & 31:02d} "
-        f"{hms >> 12:02d}:{(hms >> 6) & 63:02d}:{hms & 63:02d}{_fraction(us, fsp)}"
-    )
-
-
-def timestamp_text(time: datetime.datetime, us: int, fsp: int) -> str:
-    """TIMESTAMP2 from its seconds (read as a signed int, as utcfromtimestamp) and fraction."""
-    # 0 seconds is the zero TIMESTAMP (valid ones start at 1 second).
-    if time == _EPOCH:
-        return "0000-00-00 00:00:00" + _fraction(0, fsp)
-    if time < _EPOCH:
-        time += _TWO_POW_32
-    return f"{time:%Y-%m-%d %H:%M:%S}{_fraction(us, fsp)}"
-
-
-def timestamp2_text(raw: bytes, fsp: int) -> str:
-    """TIMESTAMP2 from its 4 bytes plus FRAC_BYTES[fsp]."""
-    seconds = int.from_bytes(raw[:4], "big", signed=True)
-    us = int.from_bytes(raw[4:], "big") * _FRAC_SCALE[fsp]
-    return timestamp_text(datetime.datetime.utcfromtimestamp(seconds), us, fsp)
-
-
-def time2_text(raw: bytes, fsp: int) -> str:
-    """TIME2 from its 3 bytes plus FRAC_BYTES[fsp].
-
-    Mirrors MySQL's my_time_packed_from_binary: negative values store the fraction
-    complemented, so the integer part is shifted by one.
-    """
-    if fsp == 0:
-        packed = (int.from_bytes(raw, "big") - _TIMEF_INT_OFS) << 24
-    elif fsp <= 4:
-        intpart = int.from_bytes(raw[:3], "big") - _TIMEF_INT_OFS
-        frac = int.from_bytes(raw[3:], "big")
-        if intpart < 0 and frac:
-            intpart += 1
-            frac -= 0x100 if fsp <= 2 else 0x10000
-        packed = (intpart << 24) + frac * _FRAC_SCALE[fsp]
-    else:
-        packed = int.from_bytes(raw, "big") - _TIMEF_OFS
-    sign = "-" if packed < 0 else ""
-    packed = abs(packed)
-    hms, us = packed >> 24, packed & 0xFFFFFF
-    return (
-        f"{sign}{(hms >> 12) % 1024:02d}:{(hms >> 6) % 64:02d}:{hms % 64:02d}{_fraction(us, fsp)}"
-    )
-
 
 def _read_frac(packet: Any, fsp: int) -> int:
     """Microseconds of a non-negative DATETIME2/TIMESTAMP2 fraction."""
-    return int.from_bytes(packet.read(FRAC_BYTES[fsp]), "big") * _FRAC_SCALE[fsp]
+    return int.from_bytes(packet.read(FRAC_BYTES[fsp]), "big") * FRAC_SCALE[fsp]
 
 
 def _read_string(self: RowsEvent, size: int, column: Any) -> bytes:
@@ -245,15 +148,41 @@ _TABLE_MAP_PATCHES = {
 }
 
 
-def _apply() -> None:
+_applied = False
+
+
+def check_version(installed: str | None = None) -> None:
+    """Raise LibraryVersionError unless the installed library is a supported version."""
+    if installed is None:
+        try:
+            installed = metadata.version(DISTRIBUTION)
+        except metadata.PackageNotFoundError:
+            installed = "none"
+    if installed not in SUPPORTED_VERSIONS:
+        raise LibraryVersionError(
+            f"{DISTRIBUTION} {installed} is installed, but aesop's binlog decoding was written "
+            f"for {', '.join(SUPPORTED_VERSIONS)}; install that (pip install -r requirements.lock)"
+        )
+
+
+def apply() -> None:
+    """Replace the library's readers (once), after checking its version."""
+    global _applied
+    if _applied:
+        return
+    check_version()
+    for cls, patches in ((RowsEvent, _ROWS_EVENT_PATCHES), (TableMapEvent, _TABLE_MAP_PATCHES)):
+        for name in patches:
+            if not hasattr(cls, name):
+                raise LibraryVersionError(
+                    f"pymysqlreplication.{cls.__name__} has no {name}; relay/_pmr_patches.py "
+                    f"targets {DISTRIBUTION} {', '.join(SUPPORTED_VERSIONS)}: install that"
+                )
     for cls, patches in ((RowsEvent, _ROWS_EVENT_PATCHES), (TableMapEvent, _TABLE_MAP_PATCHES)):
         for name, function in patches.items():
-            if not hasattr(cls, name):
-                raise ImportError(
-                    f"pymysqlreplication.{cls.__name__} has no {name}; relay/_pmr_patches.py "
-                    "targets mysql-replication 1.0.17, pin that version or update the patches"
-                )
             setattr(cls, name, function)
-
-
-_apply()
+    # On a lost connection (2006, 2013) the library reconnects by itself: at once, from its
+    # last event (mid-transaction too), with a multi-line warning. An empty list hands these
+    # errors to the relay, which reconnects with backoff from a transaction boundary.
+    binlogstream.MYSQL_EXPECTED_ERROR_CODES = []
+    _applied = True

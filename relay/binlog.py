@@ -12,11 +12,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pymysql
-from pymysqlreplication import BinLogStreamReader, binlogstream
+from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
     GtidEvent,
     HeartbeatLogEvent,
@@ -36,11 +37,11 @@ from pymysqlreplication.row_event import (
 
 from app.errors import DecodeError, PositionLostError, SourceError
 from app.settings import SourceSettings
-from relay import values
+from relay import _pmr_patches, values
 from relay.decoder import RowDecoder, layout_key
-from relay.handoff import Batch, Change, Handoff, Stopped
+from relay.handoff import Batch, Handoff, SerializedChange, Stopped
 from relay.include import TableFilter
-from relay.position import Position, scn_of
+from tables.positions import Position, scn_of
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,8 @@ EVENTS = [
     HeartbeatLogEvent,
     NotImplementedEvent,
 ]
-# On a lost connection (2006, 2013) the library reconnects by itself: at once, from its last
-# event (mid-transaction too), with a multi-line warning. An empty list hands these errors to
-# the relay, which reconnects with backoff from a transaction boundary, one line per attempt.
-binlogstream.MYSQL_EXPECTED_ERROR_CODES = []
 OPS = {WriteRowsEvent: "c", UpdateRowsEvent: "u", DeleteRowsEvent: "d"}
-BATCH_MAX = 500
+ROWS_PER_BATCH = 500  # changes per batch handed from the reader thread to the loop
 HEARTBEAT_S = 1.0
 READ_TIMEOUT_S = 10
 POSITION_EVERY_S = 1.0
@@ -125,6 +122,16 @@ class _Transaction:
         return not self.open or query == "COMMIT"
 
 
+@dataclass(slots=True)
+class _Reading:
+    """What one read of the binlog carries from event to event."""
+
+    txn: _Transaction
+    batch: Batch
+    # The GTID of the last transaction that ended, for a resume point taken at a Rotate.
+    ended_gtid: str | None
+
+
 class BinlogReader:
     """Follows one source's binlog from a checkpoint and hands change batches to the loop."""
 
@@ -137,6 +144,7 @@ class BinlogReader:
         clock: Callable[[], float] = time.time,
         on_streaming: Callable[[], None] | None = None,
     ) -> None:
+        _pmr_patches.apply()  # done at worker start; here for readers made without a worker
         self.source = source
         self.start = start
         # Changes at or below (scn, row) were already published; resuming at a transaction
@@ -229,58 +237,84 @@ class BinlogReader:
             freeze_schema=True,
             enable_logging=False,
         )
-        txn = _Transaction()
-        batch = Batch(resume=self.start)
-        current_file = self._file = self.start.file
-        # The GTID of the last transaction that ended, for a resume point taken at a Rotate.
-        ended_gtid = self.start.gtid
+        state = _Reading(_Transaction(), Batch(resume=self.start), self.start.gtid)
+        self._file = self.start.file
+        handlers = self._handlers()
         while not self.stopping.is_set():
             event = stream.fetchone()
             if event is None or self.stopping.is_set():
                 break
-            kind = type(event)
-            if kind in OPS:
-                self._rows(event, kind, current_file, txn, batch)
-                if len(batch.changes) >= BATCH_MAX:
-                    batch = self._flush(batch)
-            elif kind is XidEvent or kind is XAPrepareEvent or kind is QueryEvent:
-                if kind is QueryEvent:
-                    if event.query == "BEGIN":
-                        txn.begin(txn.gtid, open_=True)
-                        continue
-                    if not txn.ends_with(event.query):
-                        continue
-                self._release(txn, batch, last=True)
-                # After a commit (or DDL, which commits implicitly, or XA PREPARE, after which
-                # XA COMMIT comes as a transaction of its own), the next event is a
-                # transaction boundary: a safe place to resume.
-                batch.resume = Position(current_file, event.packet.log_pos, txn.gtid)
-                ended_gtid = txn.gtid
-                txn.begin(None, open_=False)
-                batch = self._flush(batch)
-            elif kind is MariadbGtidEvent:
-                # FL_STANDALONE (1): a DDL or other statement that is its own transaction.
-                txn.begin(event.gtid, open_=not event.flags & 1)
-            elif kind is GtidEvent:
-                txn.begin(event.gtid, open_=False)
-            elif kind is RotateEvent:
-                current_file = event.next_binlog
-                # Table ids are only unique within one binlog file: a restarted server reuses
-                # them for other tables. The library keeps its id -> table cache across the
-                # rotate that starts a file (timestamp 0), and with freeze_schema it then
-                # decodes rows under another table's columns; start every file afresh.
-                stream.table_map = {}
-                self._file = current_file
-                if not txn.open:
-                    batch.resume = Position(current_file, event.position, ended_gtid)
-            elif kind is HeartbeatLogEvent:
-                self._mark_streaming()
-                if batch.changes:
-                    batch = self._flush(batch)
-            elif kind is PartialUpdateRowsEvent or (
-                kind is NotImplementedEvent and event.event_type in UNDECODABLE
-            ):
-                raise self._undecodable(event.event_type, current_file, event.packet)
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event, state)
+
+    def _handlers(self) -> dict[type, Callable[[Any, _Reading], None]]:
+        """What each kind of event does to the reading state (kinds not listed: nothing)."""
+        return {
+            **dict.fromkeys(OPS, self._on_rows),
+            QueryEvent: self._on_query,
+            XidEvent: self._on_commit,
+            XAPrepareEvent: self._on_commit,
+            MariadbGtidEvent: self._on_mariadb_gtid,
+            GtidEvent: self._on_gtid,
+            RotateEvent: self._on_rotate,
+            HeartbeatLogEvent: self._on_heartbeat,
+            PartialUpdateRowsEvent: self._on_undecodable,
+            NotImplementedEvent: self._on_not_implemented,
+        }
+
+    def _on_rows(self, event: Any, state: _Reading) -> None:
+        self._rows(event, type(event), self._file, state.txn, state.batch)
+        if len(state.batch.changes) >= ROWS_PER_BATCH:
+            state.batch = self._flush(state.batch)
+
+    def _on_query(self, event: Any, state: _Reading) -> None:
+        txn = state.txn
+        if event.query == "BEGIN":
+            txn.begin(txn.gtid, open_=True)
+        elif txn.ends_with(event.query):
+            self._on_commit(event, state)
+
+    def _on_commit(self, event: Any, state: _Reading) -> None:
+        txn, batch = state.txn, state.batch
+        self._release(txn, batch, last=True)
+        # After a commit (or DDL, which commits implicitly, or XA PREPARE, after which XA
+        # COMMIT comes as a transaction of its own), the next event is a transaction
+        # boundary: a safe place to resume.
+        batch.resume = Position(self._file, event.packet.log_pos, txn.gtid)
+        state.ended_gtid = txn.gtid
+        txn.begin(None, open_=False)
+        state.batch = self._flush(batch)
+
+    def _on_mariadb_gtid(self, event: Any, state: _Reading) -> None:
+        # FL_STANDALONE (1): a DDL or other statement that is its own transaction.
+        state.txn.begin(event.gtid, open_=not event.flags & 1)
+
+    def _on_gtid(self, event: Any, state: _Reading) -> None:
+        state.txn.begin(event.gtid, open_=False)
+
+    def _on_rotate(self, event: Any, state: _Reading) -> None:
+        self._file = event.next_binlog
+        # Table ids are only unique within one binlog file: a restarted server reuses them
+        # for other tables. The library keeps its id -> table cache across the rotate that
+        # starts a file (timestamp 0), and with freeze_schema it then decodes rows under
+        # another table's columns; start every file afresh.
+        assert self._stream is not None
+        self._stream.table_map = {}
+        if not state.txn.open:
+            state.batch.resume = Position(self._file, event.position, state.ended_gtid)
+
+    def _on_heartbeat(self, event: Any, state: _Reading) -> None:
+        self._mark_streaming()
+        if state.batch.changes:
+            state.batch = self._flush(state.batch)
+
+    def _on_undecodable(self, event: Any, state: _Reading) -> None:
+        raise self._undecodable(event.event_type, self._file, event.packet)
+
+    def _on_not_implemented(self, event: Any, state: _Reading) -> None:
+        if event.event_type in UNDECODABLE:
+            raise self._undecodable(event.event_type, self._file, event.packet)
 
     def _undecodable(self, event_type: int, file: str, packet: Any) -> DecodeError:
         """The one-line error for an event we cannot decode: how to fix and move past it."""
@@ -322,7 +356,7 @@ class BinlogReader:
         event, key = txn.held
         txn.held = None
         event["txn"]["last"] = last
-        batch.changes.append(Change(key, _dumps(event), event["scn"], event["row"]))
+        batch.changes.append(SerializedChange(key, _dumps(event), event["scn"], event["row"]))
 
     def _decoder(self, event: Any) -> RowDecoder:
         columns = event.columns

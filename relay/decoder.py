@@ -6,7 +6,7 @@ then converts what it returns. That was most of the reader thread's CPU. Here ea
 map layout gets one generated Python function that reads a whole row image from the
 event's buffer: offsets advance by known widths, fixed-width values come from
 precompiled ``struct`` readers, and every value is produced directly in its final JSON
-form (the same functions relay._pmr_patches and relay.values use, or the same
+form (the same functions relay.mysql_text and relay.values use, or the same
 expressions).
 
 A layout with a column type not handled here (MySQL's binary JSON, pre-5.6 temporal
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pymysqlreplication.constants import FIELD_TYPE
 
 from relay import values
-from relay._pmr_patches import (
+from relay.mysql_text import (
     FRAC_BYTES,
     date_text,
     datetime2_text,
@@ -193,7 +193,7 @@ def compile_image_reader(
     image = ", ".join(f"K{i}: v{i}" for i in range(len(columns)))
     lines.append(f"    return {{{image}}}, p")
     exec("\n".join(lines), namespace)  # our own code: names and labels stay in namespace
-    return namespace["read_image"]  # type: ignore[no-any-return]
+    return namespace["read_image"]
 
 
 def _value_code(column: Column, i: int, is_json: bool, ns: dict[str, Any]) -> list[str] | None:

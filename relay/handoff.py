@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from relay.position import Position
+from tables.positions import Position
 
 
 class Stopped(Exception):
@@ -15,7 +15,7 @@ class Stopped(Exception):
 
 
 @dataclass(slots=True)
-class Change:
+class SerializedChange:
     """One serialized change event, ready for Kafka."""
 
     key: bytes
@@ -33,7 +33,7 @@ class Batch:
     at that transaction's start while ``last`` moves on.
     """
 
-    changes: list[Change] = field(default_factory=list)
+    changes: list[SerializedChange] = field(default_factory=list)
     resume: Position | None = None
     last: tuple[int, int] | None = None
     # For the metrics: changes per (db, table, op), and the binlog timestamp (seconds) of

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from relay.handoff import Batch, Change
+from relay.handoff import Batch, SerializedChange
 
 
 class _RecordBatch:
@@ -17,7 +17,7 @@ class _RecordBatch:
         self.builder = builder
         self.future: Awaitable[Any] | None = None
 
-    def append(self, change: Change) -> bool:
+    def append(self, change: SerializedChange) -> bool:
         """False when full; an empty record batch takes any first change."""
         return self.builder.append(key=change.key, value=change.value, timestamp=None) is not None
 

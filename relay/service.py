@@ -27,7 +27,7 @@ from mode import Service
 
 from app.settings import SourceSettings
 from relay.source import SourceRelay
-from tables.checkpoints import CheckpointStore, partition_of, source_to_checkpoint
+from tables.checkpoints import CheckpointStore
 from tables.paths import heartbeat_path
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class RelayManager(Service):
         self,
         app: Any,
         sources: tuple[SourceSettings, ...],
+        store: CheckpointStore,
         unread_seconds: float = 10.0,
         **kwargs: Any,
     ) -> None:
@@ -55,7 +56,7 @@ class RelayManager(Service):
         self.app = app
         self.sources = sources
         self.unread_seconds = unread_seconds
-        self.store = CheckpointStore()
+        self.store = store
         self.relays: dict[str, SourceRelay] = {}
         self.worker = worker_name(app.conf.web_port)
         # Per source, the latest heartbeat read from ZooKeeper (None: none there).
@@ -69,11 +70,11 @@ class RelayManager(Service):
         self._lock = asyncio.Lock()
 
     def owned(self) -> list[SourceSettings]:
-        topic = source_to_checkpoint.changelog_topic_name
+        topic = self.store.topic
         partitions = {
             tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic
         }
-        return [s for s in self.sources if partition_of(s.name) in partitions]
+        return [s for s in self.sources if self.store.partition_of(s.name) in partitions]
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per source this worker runs, its relay's state (see ``relay.source``)."""
@@ -104,10 +105,10 @@ class RelayManager(Service):
             self._beat()
 
     async def on_revoked(self, revoked: set[Any]) -> None:
-        topic = source_to_checkpoint.changelog_topic_name
+        topic = self.store.topic
         lost = {tp.partition for tp in revoked if tp.topic == topic}
         async with self._lock:
-            for name in [n for n in self.relays if partition_of(n) in lost]:
+            for name in [n for n in self.relays if self.store.partition_of(n) in lost]:
                 log.info("relay %s: partition revoked; stopping", name)
                 await self.relays.pop(name).stop()
 
@@ -180,8 +181,13 @@ class RelayManager(Service):
 
         request_rejoin(self.app)
 
-    async def on_stop(self) -> None:
+    async def stop_relays(self) -> None:
+        """Stop every relay (each drains and saves its checkpoint); none starts afterwards.
+        The worker calls it first when it stops; the manager's own stop comes later."""
         async with self._lock:
             self._closed = True
             await asyncio.gather(*(relay.stop() for relay in self.relays.values()))
             self.relays.clear()
+
+    async def on_stop(self) -> None:
+        await self.stop_relays()

@@ -26,11 +26,11 @@ from aiokafka.errors import KafkaError
 from app.errors import AesopError, DecodeError, PositionLostError, SourceError
 from app.retry import RECONNECT
 from app.settings import SourceSettings
-from relay import server
+from relay import preflight
 from relay.binlog import BinlogReader, RowDecodeError
 from relay.handoff import Batch, Handoff
-from relay.position import Checkpoint
 from relay.publish import Publisher
+from tables.positions import Checkpoint
 from tables.zookeeper import ZooKeeperUnavailable
 
 if TYPE_CHECKING:
@@ -49,6 +49,11 @@ READING = "reading"
 RETRYING = "retrying"
 FAILED = "failed"
 STOPPED = "stopped"
+
+
+def _settle(future: asyncio.Future[BaseException | None], outcome: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(outcome)
 
 
 class SourceRelay:
@@ -226,7 +231,7 @@ class SourceRelay:
             origin = f"start = {self.source.start}"
         for delay in RECONNECT.delays():
             try:
-                chosen = await asyncio.to_thread(server.preflight, self.source, checkpoint)
+                chosen = await asyncio.to_thread(preflight.preflight, self.source, checkpoint)
                 log.info("relay %s: checkpoint from %s", self.name, origin)
                 return chosen
             except PositionLostError:
@@ -307,7 +312,7 @@ class SourceRelay:
                 reader.run()
             except BaseException as exc:
                 outcome = exc
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(outcome))
+            loop.call_soon_threadsafe(_settle, done, outcome)
 
         threading.Thread(target=body, name=f"binlog-{self.name}", daemon=True).start()
         return done
@@ -322,7 +327,8 @@ class SourceRelay:
         publisher = Publisher(self.app.producer, self.source.topic)
         while True:
             getter = asyncio.ensure_future(handoff.get())
-            await asyncio.wait({getter, done, acker}, return_when=asyncio.FIRST_COMPLETED)
+            waited: set[asyncio.Future[Any]] = {getter, done, acker}
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()
                 if acker.done():

@@ -13,7 +13,7 @@ import orjson
 from pymysqlreplication.constants import FIELD_TYPE
 
 from app.errors import DecodeError
-from relay._pmr_patches import text_decoder
+from relay.mysql_text import text_decoder
 
 if TYPE_CHECKING:
     from pymysqlreplication.column import Column

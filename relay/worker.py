@@ -4,26 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.main import app, settings
-from relay import logfilter
+from app.settings import Settings
 from relay.service import RelayManager
-from tables.checkpoints import mirror, source_to_checkpoint
-
-# While Kafka is unreachable aiokafka repeats its connection errors ~130 times a second.
-logfilter.install()
-
-relays = RelayManager(
-    app, settings.sources, settings.lag.unread_seconds, loop=app.loop, beacon=app.beacon
-)
-relays.add_dependency(mirror)
-app.service(relays)
+from tables.checkpoints import CheckpointStore
 
 
-@source_to_checkpoint.on_recover
-async def start_owned_relays() -> None:
-    await relays.on_recovered()
+def install(app: Any, settings: Settings, store: CheckpointStore) -> RelayManager:
+    """Add the relay manager to the app, started after the ZooKeeper mirror, and tie it to
+    the checkpoint table's recovery and to revoked partitions."""
+    relays = RelayManager(
+        app,
+        settings.sources,
+        store,
+        settings.lag.unread_seconds,
+        loop=app.loop,
+        beacon=app.beacon,
+    )
+    relays.add_dependency(store.zk)
+    app.service(relays)
 
+    async def start_owned_relays() -> None:
+        await relays.on_recovered()
 
-@app.on_partitions_revoked.connect
-async def stop_revoked_relays(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-    await relays.on_revoked(revoked)
+    async def stop_revoked_relays(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        await relays.on_revoked(revoked)
+
+    store.table.on_recover(start_owned_relays)
+    app.on_partitions_revoked.connect(stop_revoked_relays)
+    # Relays stop first when the worker stops: they drain and save their checkpoints while
+    # the producer and the group are still there (the manager itself, and the ZooKeeper
+    # mirror it depends on, stop later, after the consumers).
+    app.first_at_stop.append(relays.stop_relays)
+    return relays

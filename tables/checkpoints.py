@@ -11,33 +11,34 @@ import asyncio
 import zlib
 from typing import Any
 
-from app.main import app, settings
-from relay.position import Checkpoint
+from app.settings import Settings
 from tables.paths import relay_path
+from tables.positions import Checkpoint
 from tables.zookeeper import ZooKeeperMirror
 
-source_to_checkpoint = app.Table(
-    "source_to_checkpoint",
-    default=None,
-    partitions=settings.partitions,
-    help="Relay checkpoint per source: {file, pos, gtid, scn, row, ts_ms}.",
-)
-
-mirror = ZooKeeperMirror(settings.zookeeper, settings.zk_root, loop=app.loop, beacon=app.beacon)
-app.service(mirror)
+TABLE_NAME = "source_to_checkpoint"
 
 
-def partition_of(source_name: str) -> int:
+def partition_of(source_name: str, partitions: int) -> int:
     """The changelog partition holding a source's checkpoint; stable across workers."""
-    return zlib.crc32(source_name.encode()) % settings.partitions
+    return zlib.crc32(source_name.encode()) % partitions
 
 
 class CheckpointStore:
     """Reads and writes checkpoints: table first, ZooKeeper mirror second."""
 
-    def __init__(self, table: Any = source_to_checkpoint, zk: ZooKeeperMirror = mirror) -> None:
+    def __init__(self, table: Any, zk: ZooKeeperMirror, partitions: int) -> None:
         self.table = table
         self.zk = zk
+        self.partitions = partitions
+
+    @property
+    def topic(self) -> str:
+        """The table's changelog topic, whose partitions decide where each relay runs."""
+        return str(self.table.changelog_topic_name)
+
+    def partition_of(self, source_name: str) -> int:
+        return partition_of(source_name, self.partitions)
 
     def stored(self, source_name: str) -> Checkpoint | None:
         data = self.table.data.get(source_name)
@@ -51,8 +52,21 @@ class CheckpointStore:
         """Write to the table's changelog and wait for Kafka's ack; then mirror, lazily."""
         document = checkpoint.to_json()
         self.table.data[source_name] = document
-        sent = self.table.send_changelog(partition_of(source_name), source_name, document)
+        sent = self.table.send_changelog(self.partition_of(source_name), source_name, document)
         # Shielded: a cancelled saver must not cancel the send (Faust then fails to set its
         # result, with a traceback); the relay saves again after cancelling it.
         await asyncio.shield(sent)
         self.zk.publish(relay_path(source_name), document)
+
+
+def install(app: Any, settings: Settings) -> CheckpointStore:
+    """Register the checkpoint table and the ZooKeeper mirror (a service) on the app."""
+    table = app.Table(
+        TABLE_NAME,
+        default=None,
+        partitions=settings.partitions,
+        help="Relay checkpoint per source: {file, pos, gtid, scn, row, ts_ms}.",
+    )
+    mirror = ZooKeeperMirror(settings.zookeeper, settings.zk_root, loop=app.loop, beacon=app.beacon)
+    app.service(mirror)
+    return CheckpointStore(table, mirror, settings.partitions)

@@ -20,13 +20,15 @@ from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.retry import KazooRetry
 from mode import Service
 
+from app.errors import AesopError
+
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 CALL_TIMEOUT_S = 10.0
 
 
-class ZooKeeperUnavailable(Exception):
+class ZooKeeperUnavailable(AesopError):
     """ZooKeeper did not answer in time."""
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -56,10 +55,10 @@ def database(stack: Stack, unique: str) -> Iterator[str]:
 
 @pytest.fixture
 def drop_test_resources(unique: str) -> Iterator[None]:
-    """After the test: drop its Kafka topics, the worker's local table directory, its ZK tree."""
+    """After the test: drop its Kafka topics and its ZooKeeper tree (the workers' data
+    directories are under its temporary directory)."""
     yield
     delete_topics_starting_with(f"t{unique}-", f"aesop.t{unique}")
-    shutil.rmtree(ROOT / f"t{unique}-data", ignore_errors=True)
     zk_delete(f"/aesop-test/t{unique}")
 
 
@@ -71,6 +70,19 @@ def workers(
     factory = WorkerFactory(tmp_path, request.node.name)
     yield factory
     factory.close()
+
+
+# Fixtures that stand for a real server: the local stack's, or a MariaDB a test starts from
+# the binaries `make up` installs.
+STACK_FIXTURES = frozenset({"stack", "server", "binlog_server", "binlog_off_server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that need a real server (a fixture of STACK_FIXTURES, directly or through
+    another) are marked ``stack``; ``make test`` runs the others, the unit tier, first."""
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:

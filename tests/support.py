@@ -99,7 +99,14 @@ class Worker:
     def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path
-        full_env = {**os.environ, "AESOP_CONFIG": str(config), **(env or {})}
+        full_env = {
+            **os.environ,
+            "AESOP_CONFIG": str(config),
+            # Faust's data directories (the worker's and each consumer app's) go under the
+            # test's temporary directory, never into the checkout.
+            "APP_DATADIR": str(data_dir(log_path.parent, "{conf.name}")),
+            **(env or {}),
+        }
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
@@ -440,10 +447,15 @@ def delete_topics_starting_with(*prefixes: str, timeout: float = 60.0) -> None:
         delete_topics(*found, timeout=timeout)
 
 
-def lose_relay_position(app_id: str, source: str, checkpoint: dict[str, Any]) -> None:
+def data_dir(tmp: Path, app_id: str) -> Path:
+    """Where the workers of a test keep an app's Faust data directory."""
+    return tmp / f"{app_id}-data"
+
+
+def lose_relay_position(app_id: str, source: str, checkpoint: dict[str, Any], tmp: Path) -> None:
     """As after a relay crash: ZooKeeper holds the old ``checkpoint`` and the relay's table
-    (its changelog, the worker's data directory) is lost, so the relay's next start publishes
-    everything after that checkpoint a second time."""
+    (its changelog, the worker's data directory under ``tmp``) is lost, so the relay's next
+    start publishes everything after that checkpoint a second time."""
     client = KazooClient(hosts=ZOOKEEPER, timeout=10)
     client.start(timeout=15)
     try:
@@ -452,7 +464,7 @@ def lose_relay_position(app_id: str, source: str, checkpoint: dict[str, Any]) ->
         client.stop()
         client.close()
     delete_topics(f"{app_id}-source_to_checkpoint-changelog")
-    shutil.rmtree(ROOT / f"{app_id}-data", ignore_errors=True)
+    shutil.rmtree(data_dir(tmp, app_id), ignore_errors=True)
 
 
 def zk_delete(path: str) -> None:

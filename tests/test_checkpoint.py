@@ -15,13 +15,13 @@ import pymysql
 import pytest
 
 from tests.support import (
-    ROOT,
     SourceSpec,
     Worker,
     WorkerFactory,
     act_then_wait_for_messages,
     binlog_transactions,
     count_then_settle,
+    data_dir,
     delete_topics,
     identities,
     master_position,
@@ -301,7 +301,7 @@ def test_wiped_table_resumes_from_zookeeper(workers, tmp_path, unique, database)
     mirrored = zk_get(relay.zk_path)
     assert mirrored == relay.stored_in_changelog(), "a clean stop leaves the mirror current"
     delete_topics(relay.changelog)
-    shutil.rmtree(ROOT / f"{relay.app_id}-data", ignore_errors=True)
+    shutil.rmtree(data_dir(tmp_path, relay.app_id), ignore_errors=True)
     relay.run()
     assert relay.origin() == "zookeeper"
     time.sleep(1.5)

@@ -326,7 +326,7 @@ def test_kafka_outage_holds_checkpoint_and_memory(
 
 
 def test_repeated_log_lines_pass_once_per_interval_with_the_count_held_back() -> None:
-    from relay.logfilter import RepeatFilter
+    from app.logfilter import RepeatFilter
 
     now = [0.0]
     quiet = RepeatFilter(interval=10.0, clock=lambda: now[0])
@@ -613,3 +613,32 @@ def test_changes_flow_again_within_10s_of_an_outage_at_relay_and_consumer(
         assert worker.stop() == 0
     finally:
         sql(f"DROP DATABASE IF EXISTS {replica}")
+
+
+def test_a_sigterm_while_kafka_is_down_exits_within_the_stop_deadline(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+) -> None:
+    """The relay and the consumer group cannot finish their stop without Kafka: the worker
+    gives up at the deadline with one line, and the next start resumes and relays."""
+    from app.factory import STOP_DEADLINE_S, STOP_GAVE_UP_EXIT
+
+    sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))", database=database)
+    worker, _, topic = start_worker(workers, tmp_path, unique, database)
+    sql(f"INSERT INTO {TABLE} VALUES (1, 'before')", database=database)
+    read_rows(topic, {1}, timeout=30)
+    with stopped(stack, "kafka"):
+        sql(f"INSERT INTO {TABLE} VALUES (2, 'while down')", database=database)
+        time.sleep(2)
+        asked = time.monotonic()
+        rc = worker.stop(timeout=STOP_DEADLINE_S + 20)
+        took = time.monotonic() - asked
+    assert took <= STOP_DEADLINE_S + 2, f"the worker took {took:.1f}s to stop"
+    log = worker.log()
+    assert rc == STOP_GAVE_UP_EXIT, f"exit {rc}"
+    gave_up = [line for line in log.splitlines() if "still stopping" in line]
+    assert len(gave_up) == 1 and "as after a crash" in gave_up[0], gave_up
+    assert "Traceback" not in log
+    again = workers.start(worker.config)
+    again.wait_for_log("relay src: reading", timeout=90)
+    read_rows(topic, {1, 2}, timeout=60)
+    assert again.stop() == 0

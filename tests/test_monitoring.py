@@ -12,6 +12,9 @@ import pytest
 
 from tests.support import ROOT
 
+# promtool and amtool come with the local stack (`make up`).
+pytestmark = pytest.mark.stack
+
 MONITORING = ROOT / "monitoring"
 RULES = MONITORING / "alerts.yml"
 RULE_TESTS = MONITORING / "alerts_test.yml"

@@ -535,7 +535,7 @@ async def test_a_purged_checkpoint_leaves_the_relay_failed_and_repeats_its_error
 
     from app.settings import MySQLURL, SourceSettings
     from relay import source as relay_source
-    from relay.position import Checkpoint
+    from tables.positions import Checkpoint
 
     purged, _ = purged_binlog(binlog_server)
     checkpoint = Checkpoint.from_json(orjson.loads(checkpoint_document(purged)))
@@ -765,17 +765,17 @@ def test_check_refuses_partial_json_updates_and_passes_where_the_variable_is_abs
     """
     from app.errors import SourceError
     from app.settings import MySQLURL, SourceSettings
-    from relay import server
+    from relay import preflight
 
     url = MySQLURL("127.0.0.1", binlog_server.port, "root", "")
     source = SourceSettings("shop", url, 5401, (), (), "earliest", "aesop.shop")
     with pymysql.connect(**url.connect_args()) as conn:
-        found = server.binlog_variables(conn)
+        found = preflight.binlog_variables(conn)
     assert found["log_bin"] == "ON" and "binlog_row_value_options" not in found, found
-    server.check_variables(source, found)
-    server.check_variables(source, {**found, "binlog_row_value_options": ""})
+    preflight.check_variables(source, found)
+    preflight.check_variables(source, {**found, "binlog_row_value_options": ""})
     with pytest.raises(SourceError) as raised:
-        server.check_variables(source, {**found, "binlog_row_value_options": "PARTIAL_JSON"})
+        preflight.check_variables(source, {**found, "binlog_row_value_options": "PARTIAL_JSON"})
     assert str(raised.value) == (
         "source 'shop': binlog_row_value_options is PARTIAL_JSON; partial JSON updates log a "
         "diff instead of the new row and cannot be decoded: set binlog_row_value_options='' "

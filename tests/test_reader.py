@@ -27,7 +27,7 @@ from app.errors import DecodeError
 from app.settings import MySQLURL, SourceSettings
 from relay import binlog
 from relay.handoff import Batch
-from relay.position import Position, scn_of
+from tables.positions import Position, scn_of
 
 FILE = "mysql-bin.000007"
 SOURCE = SourceSettings(
@@ -270,7 +270,7 @@ def test_a_resume_point_at_a_rotate_keeps_the_last_gtid(monkeypatch: pytest.Monk
         *begin(4, "0-1-10"),
         rows(WriteRowsEvent, 200, [{"values": {"id": 2}}, {"values": {"id": 3}}]),
     ]
-    monkeypatch.setattr(binlog, "BATCH_MAX", 1)
+    monkeypatch.setattr(binlog, "ROWS_PER_BATCH", 1)
     _, handoff = read(monkeypatch, events)
     assert [b.resume for b in handoff.batches] == [
         Position(FILE, 350, "0-1-9"),  # the commit's batch
@@ -284,6 +284,6 @@ def test_the_resume_point_of_the_first_rotate_keeps_the_checkpoint_gtid(
     """The server starts every stream with a Rotate to the start position."""
     two = [{"values": {"id": 1}}, {"values": {"id": 2}}]
     events = [rotate(), *begin(4, "0-1-4"), rows(WriteRowsEvent, 200, two)]
-    monkeypatch.setattr(binlog, "BATCH_MAX", 1)
+    monkeypatch.setattr(binlog, "ROWS_PER_BATCH", 1)
     _, handoff = read(monkeypatch, events, start=Position(FILE, 4, "0-1-3"))
     assert [b.resume for b in handoff.batches] == [Position(FILE, 4, "0-1-3")]

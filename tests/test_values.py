@@ -17,6 +17,7 @@ import pytest
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
+from relay import _pmr_patches
 from relay.decoder import RowDecoder
 from relay.values import convert_row, converter_key, mariadb_json_columns, row_converter
 
@@ -347,6 +348,8 @@ def server() -> Iterator[Server]:
 @pytest.fixture
 def run_sql(server: Server) -> Callable[..., list[Change]]:
     """Run statements and return the row changes they wrote to the binlog, in order."""
+
+    _pmr_patches.apply()  # as a worker does at start: these tests read with the library
 
     def run(*statements: str) -> list[Change]:
         with server.connect() as conn, conn.cursor() as cur:

@@ -14,7 +14,7 @@ import pymysql
 
 from app.errors import PositionLostError, SourceError
 from app.settings import SourceSettings
-from relay.position import Checkpoint, Position
+from tables.positions import Checkpoint, Position
 
 # The settings a row-based reader needs, and the value each must have.
 REQUIRED = (

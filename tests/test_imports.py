@@ -1,0 +1,179 @@
+"""The import graph of aesop's packages: one way, no cycles, and nothing wired on import."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("app", "tables", "relay", "agents", "web", "metrics")
+
+# Lower layers never import higher ones. Within a layer imports may go either way, as long
+# as they make no cycle.
+LAYERS: list[tuple[str, ...]] = [
+    # 0: settings, errors and the worker's plumbing, knowing nothing of the pipeline.
+    (
+        "app.errors",
+        "app.settings",
+        "app.retry",
+        "app.partitioner",
+        "app.assignor",
+        "app.producer",
+        "app.logfilter",
+        "app.gc_tuning",
+        "app.tasks",
+    ),
+    # 1: positions, their stores and the ZooKeeper layout.
+    ("tables",),
+    # 2: the relay and the consumers.
+    ("relay", "agents"),
+    # 3: what reads them: the lag report, its email, the HTTP views and the metrics.
+    ("app.lag", "app.mail", "web", "metrics"),
+    # 4: the composition root, the worker entry and the command line.
+    ("app.factory", "app.main", "app.cli", "app"),
+]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def layer_of(module: str) -> int:
+    best, best_len = -1, -1
+    for index, members in enumerate(LAYERS):
+        for member in members:
+            if (module == member or module.startswith(member + ".")) and len(member) > best_len:
+                best, best_len = index, len(member)
+    assert best >= 0, f"{module} is in no layer of tests/test_imports.py; add it"
+    return best
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Every aesop module ``path`` imports, at module level or inside functions, leaving out
+    imports under ``if TYPE_CHECKING:`` (they never run)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            # The longest known module the name starts with (``from app import mail``).
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    known = set(found)
+    edges = {}
+    for name, path in found.items():
+        # A package's own __init__ is imported with each of its modules: not an edge.
+        edges[name] = {m for m in imports_of(path, known) if m != name and m not in PACKAGES}
+    return edges
+
+
+def test_every_module_is_in_a_layer_and_imports_go_down() -> None:
+    upward = [
+        f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
+        for module, targets in sorted(graph().items())
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(module)
+    ]
+    assert upward == []
+
+
+def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+    return cycles
+
+
+def test_no_module_takes_part_in_an_import_cycle() -> None:
+    assert find_cycles(graph()) == []
+
+
+def test_the_checks_see_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from app.settings import Settings\n"
+        "if TYPE_CHECKING:\n    from web.health import Monitor\n"
+        "def f():\n    from app import mail\n"
+    )
+    assert imports_of(source, set(modules())) - {"app"} == {"app.settings", "app.mail"}
+    assert layer_of("app.settings") < layer_of("tables.checkpoints") < layer_of("web.health")
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_each_module_imports_alone_and_builds_no_app() -> None:
+    """In a fresh interpreter per module: importing it raises nothing and makes no faust.App
+    (``app`` is the package whose ``app`` attribute builds one on first use)."""
+    probe = (
+        "import importlib, sys\n"
+        "import faust\n"
+        "made = []\n"
+        "init = faust.App.__init__\n"
+        "faust.App.__init__ = lambda self, *a, **k: (made.append(1), init(self, *a, **k))[1]\n"
+        "importlib.import_module(sys.argv[1])\n"
+        "assert not made, f'{sys.argv[1]} built a faust.App on import'\n"
+    )
+    env_config = {"AESOP_CONFIG": str(ROOT / "no-such-config.toml")}
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", probe, name],
+            cwd=ROOT,
+            env={**_env(), **env_config},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for name in modules()
+    }
+    failed = {}
+    for name, process in running.items():
+        output, _ = process.communicate(timeout=120)
+        if process.returncode != 0:
+            failed[name] = output.decode(errors="replace").strip().splitlines()[-1:]
+    assert failed == {}
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

@@ -1,0 +1,1 @@
+"""The worker's HTTP views: ``/health``, ``/lag``, ``/lag/history`` and ``/dashboard``."""
