@@ -2,9 +2,9 @@
 consumer's name), hosted by the aesop worker, with one agent over the consumer's topics.
 
 The agent takes the consumer's messages a fetch round at a time (``agents.fetch``), in
-batches of at most ``BATCH_MAX``. Per batch it:
-1. checks each partition's offsets run on from the last one processed (else it seeks back:
-   nothing is passed by);
+batches of at most ``RECORDS_PER_ROUND``. Per batch it:
+1. checks each partition's offsets run on from the last one processed, and on inside the
+   batch (else it seeks back to the first passed by: nothing is passed by);
 2. checks each message is a change event (``agents.event``); one that is not goes to
    ``<name>.dlq``;
 3. skips each event at or below the last applied ``(scn, row)`` of its topic partition
@@ -25,39 +25,45 @@ and on every rebalance and clean stop.
 A watch checks the partitions held every few seconds: one with changes waiting in Kafka and
 none processed for ``[lag] stalled_seconds`` is stalled (``GET /health`` names it); with no
 failure being retried and no batch in hand, it is read again from its next offset.
+
+Here: the agent, the batch (retry of transient failures), commits, the stall watch and the
+rebalance. Elsewhere: the in-order check (``agents.sequence``), the skip (``agents.skip``),
+dead letters (``agents.dead_letters``), the positions and their stores (``tables.applied``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from operator import attrgetter
 from typing import Any
 
 from faust.types import TP
 from mode import Service
 
-from agents.event import BadMessage, Change, decode_head, fast_decode_head
+from agents.dead_letters import DeadLetters
+from agents.event import Change
 from agents.fetch import Round, RoundApp
-from agents.handlers import Applied, EventFailed, Handler, build_handler
+from agents.handlers import Applied, EventFailed, Handler
+from agents.resolve import build_handler
+from agents.sequence import OffsetSequence
+from agents.skip import select
 from app.assignor import WholeAssignor
-from app.errors import AesopError
 from app.partitioner import partition_for_key
 from app.retry import RECONNECT
 from app.settings import ConsumerSettings, Settings
-from tables.zookeeper import ZooKeeperMirror, ZooKeeperUnavailable
+from tables.applied import MIRROR_EVERY_S, AppliedPosition, AppliedStore
+from tables.zookeeper import ZooKeeperMirror
 
 log = logging.getLogger(__name__)
 
 _head, _source, _op = attrgetter("head"), attrgetter("source"), attrgetter("op")
 
-BATCH_MAX = 4000  # records per fetch round, so per batch handed to the handler
+RECORDS_PER_ROUND = 4000  # records per fetch round, so per batch handed to the handler
 QUEUED_ROUNDS = 2  # fetch rounds queued for the agent before the fetcher waits
-MIRROR_EVERY_S = 1.0
 COMMIT_EVERY_S = 1.0
 STOP_TIMEOUT_S = 5.0
 REVOKE_TIMEOUT_S = 10.0
@@ -66,7 +72,6 @@ REVOKE_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 5.0
 COMMIT_TIMEOUT_S = 5.0
 STOP_COMMIT_TIMEOUT_S = 5.0
-RECORDS_IN_FLIGHT = 4  # batches whose position writes may await Kafka's ack at once
 PAUSE_STEP_S = 0.2
 REBALANCE_POLL_S = 0.05  # how often a round fetched during a rebalance looks for its end
 STALL_CHECK_EVERY_S = 5.0  # how often the partitions held are checked for stalls
@@ -76,14 +81,6 @@ class Abandoned(Exception):
     """A batch waiting on a transient error is given up because the worker stops or its
     partitions are being revoked; it is not committed, so whoever owns them next reads it again
     (and skips what was applied by ``(scn, row)``)."""
-
-
-def applied_key(topic: str, partition: int) -> str:
-    return f"{topic}/{partition}"
-
-
-def mirror_path(consumer: str, topic: str, partition: int) -> str:
-    return f"/consumers/{consumer}/{topic}/{partition}"
 
 
 class Stats:
@@ -122,7 +119,7 @@ class ConsumerRunner(Service):
             # up again at once, so no partition stays unassigned (see app.assignor).
             PartitionAssignor=WholeAssignor,
             consumer_metadata_max_age_ms=60_000,
-            broker_max_poll_records=BATCH_MAX,
+            broker_max_poll_records=RECORDS_PER_ROUND,
             producer_acks=-1,
             producer_partitioner=partition_for_key,
             producer_linger_ms=5,
@@ -143,21 +140,17 @@ class ConsumerRunner(Service):
             help="Last applied change per topic partition: {scn, row, offset, ts_ms, source}.",
         )
         self.handler: Handler = build_handler(settings, consumer, self.app)
-        self._mirrored_at: dict[TP, float] = {}
-        self._dirty: set[TP] = set()
-        self._fallback: dict[TP, dict[str, Any] | None] = {}
+        self.positions = AppliedStore(self.applied, mirror, consumer.name, self._acked)
+        self.sequence = OffsetSequence(consumer.name, lambda: self.app.round_consumer)
+        self.dead_letters = DeadLetters(self.dlq, consumer.name, self.stats, self._pause)
         # Per partition taken: the last change the destination itself recorded as applied.
         self._held_by_destination: dict[TP, Applied | None] = {}
         self._warned_sources: set[TP] = set()
         self._stopping = False
-        # Per partition: the offset that must come next (nothing is passed by), the fetch
-        # serial at which a seek back to it was made, the next offset to commit (everything
-        # before it is applied, skipped or dead-lettered) and the last one committed.
-        self._next: dict[TP, int] = {}
-        self._sought: dict[TP, int] = {}
+        # Per partition: the next offset to commit (everything before it is applied, skipped
+        # or dead-lettered) and the last one committed.
         self._processed: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
-        self._sending: deque[asyncio.Future[Any]] = deque()  # position writes not yet acked
         self._stop_requested = asyncio.Event()
         # The stall watch: per partition held, when it last moved on (or was taken, or had
         # nothing waiting); what the transient failure being retried said; partitions found
@@ -168,7 +161,8 @@ class ConsumerRunner(Service):
         self._idle = asyncio.Event()
         self._idle.set()
         self.app.agent(self.topic, name=f"{consumer.name}.apply", concurrency=1)(self._agent)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        # mode types a receiver as (sender, *args, signal=...): it is called (sender, revoked).
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     @property
     def name(self) -> str:
@@ -198,7 +192,7 @@ class ConsumerRunner(Service):
             )  # fmt: skip
         committed = {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(self._committed.items())}
         log.info("consumer %s: stopping at committed offsets %s", self.name, committed)  # fmt: skip
-        self._publish_all()
+        self.positions.publish_all()
         await self.handler.stop()
 
     async def _settle_and_commit(self) -> None:
@@ -211,7 +205,9 @@ class ConsumerRunner(Service):
         if not todo:
             return True
         try:
-            error = await asyncio.wait_for(self.app.consumer.commit_offsets(todo), COMMIT_TIMEOUT_S)
+            error = await asyncio.wait_for(
+                self.app.round_consumer.commit_offsets(todo), COMMIT_TIMEOUT_S
+            )
         except TimeoutError:
             error = f"no answer within {COMMIT_TIMEOUT_S:g}s"
         if error is not None:
@@ -260,11 +256,11 @@ class ConsumerRunner(Service):
         """The round, with the rounds fetched meanwhile of the same assignment appended: under
         a steady load fetches return small rounds, and one batch (one destination transaction,
         one position write per partition) for all that waits keeps the latency down."""
-        if self._sought or queue.empty():
+        if self.sequence.seeking or queue.empty():
             return batch  # a seek back is under way: rounds go one by one, by their serials
         merged: dict[TP, list[Any]] = {tp: list(records) for tp, records in batch.records.items()}
         count = sum(map(len, merged.values()))
-        while count < BATCH_MAX and not queue.empty():
+        while count < RECORDS_PER_ROUND and not queue.empty():
             more = queue.get_nowait()
             if type(more) is not Round or more.generation != batch.generation:
                 continue  # of an earlier assignment: read again after the rebalance
@@ -282,51 +278,19 @@ class ConsumerRunner(Service):
         lasts: dict[TP, Change] = {}
         skipped = 0
         for tp, records in batch.records.items():
-            records = await self._in_sequence(tp, records, batch.serial)
+            position = await self.positions.position(tp, self._pause)
+            due = None if position is None or position.offset is None else position.offset + 1
+            records = await self.sequence.admit(tp, records, batch.serial, due)
             if not records:
                 continue
             self.stats.consumed += len(records)
-            document = await self._position(tp)
-            scn = row = source = None
-            if document is not None:
-                scn, row, source = document["scn"], document["row"], document.get("source")
-            held = await self._held(tp)
-            if held is not None:
-                if held.scn is not None and (
-                    document is None or held.offset > document.get("offset", -1)
-                ):
-                    # The destination recorded a later change than the table did (the
-                    # table's write was lost in a crash): its (scn, row) is the one to skip by.
-                    scn, row, source = held.scn, held.row, held.source
-                if records[0].offset <= held.offset:
-                    kept = [r for r in records if r.offset > held.offset]
-                    skipped += len(records) - len(kept)
-                    if not kept:
-                        ends[tp] = records[-1].offset
-                        continue
-                    records = kept
-            topic, partition = tp.topic, tp.partition
-            append = changes.append
             before = len(changes)
-            for record in records:
-                value = record.value
-                try:
-                    head = fast_decode_head(value)
-                except Exception:
-                    try:
-                        head = decode_head(value)  # the reason, in our words
-                    except BadMessage as exc:
-                        await self._dead_letter(record.key, value, record, exc)
-                        continue
-                if scn is not None:
-                    if source is None or head.source.name == source:
-                        if head.scn < scn or (head.scn == scn and head.row <= row):
-                            skipped += 1
-                            continue
-                    else:
-                        self._warn_sources(tp)
-                scn, row, source = head.scn, head.row, head.source.name
-                append(Change(head, record.key, value, topic, partition, record.offset))
+            found = select(tp, records, position, await self._held(tp), changes)
+            skipped += found.skipped
+            for record, why in found.bad:
+                await self.dead_letters.send(record.key, record.value, record, why)
+            if found.several_sources:
+                self._warn_sources(tp)
             ends[tp] = records[-1].offset
             if len(changes) > before:
                 lasts[tp] = changes[-1]
@@ -338,38 +302,6 @@ class ConsumerRunner(Service):
                 self.name, skipped, self.stats.skipped,
             )  # fmt: skip
         await self._apply(changes, ends, lasts)
-
-    async def _in_sequence(self, tp: TP, records: list[Any], serial: int) -> list[Any]:
-        """The records of a partition that may be processed now: all of them when they run
-        on from the offset expected next (or go back before it: read again, to be skipped),
-        none when they start after it (it was passed by: seek back to it)."""
-        expected = self._next.get(tp)
-        if expected is None:
-            document = await self._position(tp)
-            if document is not None and document.get("offset") is not None:
-                expected = int(document["offset"]) + 1
-        first = records[0].offset
-        if expected is not None and first > expected:
-            sought = self._sought.get(tp)
-            if sought is None or serial <= sought:
-                if sought is None:
-                    log.warning(
-                        "consumer %s: %s/%d: expected offset %d next, got %d; reading "
-                        "again from %d", self.name, tp.topic, tp.partition, expected, first,
-                        expected,
-                    )  # fmt: skip
-                await self.app.consumer.seek_now(tp, expected)
-                self._sought[tp] = self.app.consumer.fetches_started
-                return []
-            # Read again from there, and still not there: Kafka no longer has them.
-            log.warning(
-                "consumer %s: %s/%d offsets %d to %d are no longer in Kafka (retention or "
-                "compaction removed them); going on from %d",
-                self.name, tp.topic, tp.partition, expected, first - 1, first,
-            )  # fmt: skip
-        self._sought.pop(tp, None)
-        self._next[tp] = records[-1].offset + 1
-        return records
 
     def _warn_sources(self, tp: TP) -> None:
         if tp not in self._warned_sources:
@@ -392,7 +324,7 @@ class ConsumerRunner(Service):
                 await self._record(pending[: failure.index])
                 failed = pending[failure.index]
                 if not failure.transient:
-                    await self._dead_letter(failed.key, failed.value, failed, failure)
+                    await self.dead_letters.send(failed.key, failed.value, failed, failure)
                     await self._record([failed])
                     pending = pending[failure.index + 1 :]
                     delays = RECONNECT.delays()
@@ -418,10 +350,11 @@ class ConsumerRunner(Service):
         lasts: dict[TP, Change] | None = None,
     ) -> None:
         """Store, per partition, the last applied ``(scn, row)`` and the last offset processed
-        (``ends``: skipped and dead-lettered records count); wait for the changelog's ack.
-        ``lasts``, the last of ``changes`` per partition, when the caller knows them."""
+        (``ends``: skipped and dead-lettered records count); they count as processed once
+        Kafka acknowledged the writes. ``lasts``, the last of ``changes`` per partition, when
+        the caller knows them."""
         last: dict[Any, Change] = (
-            {(c.topic, c.partition): c for c in changes} if lasts is None else lasts  # type: ignore[misc]
+            {(c.topic, c.partition): c for c in changes} if lasts is None else lasts
         )
         heads = list(map(_head, changes))
         counts = Counter(zip(map(_source, heads), map(_op, heads), strict=True))
@@ -431,78 +364,40 @@ class ConsumerRunner(Service):
         offsets = {tp: change.offset for tp, change in last.items()}
         if ends:
             offsets.update(ends)
-        sends = []
+        positions: dict[TP, AppliedPosition] = {}
         ts_ms = int(time.time() * 1000)
         for key, offset in offsets.items():
             tp = TP(*key)
-            name = applied_key(*key)
             change = last.get(key)
             if change is not None:
                 head = change.head
-                document = {"scn": head.scn, "row": head.row, "offset": offset, "ts_ms": ts_ms,
-                            "source": head.source.name}  # fmt: skip
+                positions[tp] = AppliedPosition(head.scn, head.row, offset, ts_ms, head.source.name)
             else:
-                known = self.applied.data.get(name) or self._fallback.get(tp)
-                document = None if known is None else {**known, "offset": offset, "ts_ms": ts_ms}
-            if document is not None:
-                self.applied.data[name] = document
-                sends.append(self.applied.send_changelog(tp.partition, name, document))
-        processed = {TP(*key): offset + 1 for key, offset in offsets.items()}
-        if not sends:
-            self._recorded(processed, None)
-            return
-        # The next batch goes on while Kafka acks these writes; what they record counts as
-        # processed (its offsets may commit, its position is mirrored) once acked.
-        sent = asyncio.gather(*sends)
-        sent.add_done_callback(functools.partial(self._recorded, processed))
-        self._sending.append(sent)
-        while len(self._sending) > RECORDS_IN_FLIGHT:
-            oldest = self._sending[0]
-            if oldest.done():
-                # Acked, but its callback has not run yet: awaiting a done future does not
-                # yield, so waiting on it here would spin without ever letting it run.
-                self._sending.popleft()
-                continue
-            await asyncio.shield(oldest)  # a cancelled wait must not cancel sends
+                known = self.positions.known(tp)
+                if known is not None:
+                    positions[tp] = known.moved_to(offset, ts_ms)
+        await self.positions.record(positions, {TP(*key): o + 1 for key, o in offsets.items()})
 
-    def _recorded(self, processed: dict[TP, int], sent: asyncio.Future[Any] | None) -> None:
-        """The position writes of a batch are acked (or failed): its offsets may commit."""
-        while self._sending and self._sending[0].done():
-            self._sending.popleft()
-        if sent is not None and (sent.cancelled() or sent.exception() is not None):
-            error = "cancelled" if sent.cancelled() else sent.exception()
-            log.error(
-                "consumer %s: applied positions not stored (%s); their offsets are not "
-                "committed, so they are read again (and applied again) after a restart",
-                self.name, error,
-            )  # fmt: skip
-            return
+    def _acked(self, processed: dict[TP, int]) -> None:
+        """The position writes of a batch are acked: its offsets may commit."""
         now = time.monotonic()
         for tp, offset in processed.items():
             if offset > self._processed.get(tp, -1):
                 self._processed[tp] = offset
                 self._moved_at[tp] = now
                 self._retrying = None
-            if sent is not None:
-                self._dirty.add(tp)
-                if now - self._mirrored_at.get(tp, 0.0) >= MIRROR_EVERY_S:
-                    self._publish(tp)
 
     async def _settle(self) -> bool:
         """Wait until every position write sent is acked (before a commit that must count);
         False if they were not within ``SETTLE_TIMEOUT_S``."""
-        if self._sending:
-            pending = asyncio.gather(*self._sending, return_exceptions=True)
-            try:
-                await asyncio.wait_for(asyncio.shield(pending), SETTLE_TIMEOUT_S)
-            except TimeoutError:
-                log.warning(
-                    "consumer %s: position writes not acknowledged within %gs; offsets "
-                    "stay uncommitted, the next owner skips by the recorded positions",
-                    self.name, SETTLE_TIMEOUT_S,
-                )  # fmt: skip
-                return False
-        return True
+        if await self.positions.settle(SETTLE_TIMEOUT_S):
+            return True
+        log.warning(
+            "consumer %s: position writes not acknowledged within %gs; offsets stay "
+            "uncommitted, the next owner skips by the recorded positions",
+            self.name, SETTLE_TIMEOUT_S,
+        )  # fmt: skip
+        return False
 
     async def _held(self, tp: TP) -> Applied | None:
         """What the destination records as applied in the partition (read once per taking)."""
@@ -523,31 +418,6 @@ class ConsumerRunner(Service):
         self._held_by_destination[tp] = held
         return held
 
-    async def _position(self, tp: TP) -> dict[str, Any] | None:
-        """Last applied position of a partition: the table, else the ZooKeeper mirror."""
-        document = self.applied.data.get(applied_key(*tp))
-        if document is not None:
-            return document  # type: ignore[no-any-return]
-        if tp not in self._fallback:
-            self._fallback[tp] = await self._mirrored(tp)
-        return self._fallback[tp]
-
-    async def _mirrored(self, tp: TP) -> dict[str, Any] | None:
-        if not self.mirror.enabled:
-            return None
-        delays = RECONNECT.delays()
-        while True:
-            try:
-                return await self.mirror.read(mirror_path(self.name, *tp))  # type: ignore[no-any-return]
-            except (ZooKeeperUnavailable, AesopError) as exc:
-                delay = next(delays)
-                log.warning(
-                    "consumer %s: no applied position for %s/%d in the table and ZooKeeper "
-                    "cannot be read (%s); retrying in %.1fs",
-                    self.name, tp[0], tp[1], exc, delay,
-                )  # fmt: skip
-                await self._pause(delay, f"reading the applied position from ZooKeeper: {exc}")
-
     async def _pause(self, delay: float, why: str) -> None:
         """Sleep before a retry; raise Abandoned if the worker stops or a rebalance starts."""
         self._retrying = why  # until something is processed again
@@ -561,57 +431,10 @@ class ConsumerRunner(Service):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), min(left, PAUSE_STEP_S))
 
-    async def _dead_letter(self, key: bytes | None, value: bytes | None, where: Any,
-                           error: BaseException) -> None:  # fmt: skip
-        """Send the original bytes to ``<name>.dlq`` with the error in headers; wait for the ack."""
-        self.stats.dead_lettered += 1
-        reason = str(error)
-        log.error(
-            "consumer %s: %s/%d offset %d dead-lettered to %s: %s",
-            self.name, where.topic, where.partition, where.offset, self.dlq.get_topic_name(),
-            reason,
-        )  # fmt: skip
-        headers = [
-            ("aesop.error", reason.encode()),
-            ("aesop.error.class", type(getattr(error, "cause", error)).__name__.encode()),
-            ("aesop.consumer", self.name.encode()),
-            ("aesop.topic", where.topic.encode()),
-            ("aesop.partition", str(where.partition).encode()),
-            ("aesop.offset", str(where.offset).encode()),
-        ]
-        delays = RECONNECT.delays()
-        while True:
-            try:
-                future = await self.dlq.send(key=key, value=value, headers=headers)
-                await future
-                return
-            except Exception as exc:  # Kafka down: the event must not be lost, so wait.
-                delay = next(delays)
-                log.warning("consumer %s: dead-letter send failed (%s); retrying in %.1fs",
-                            self.name, exc, delay)  # fmt: skip
-                await self._pause(delay, f"sending a dead letter: {exc}")
-
-    # -- the ZooKeeper mirror ----------------------------------------------------------
-
-    def _publish(self, tp: tuple[str, int]) -> None:
-        document = self.applied.data.get(applied_key(*tp))
-        if document is None:
-            return
-        self.mirror.publish(
-            mirror_path(self.name, *tp),
-            {k: document[k] for k in ("scn", "row", "offset", "ts_ms")},
-        )
-        self._mirrored_at[tp] = time.monotonic()
-        self._dirty.discard(tp)
-
-    def _publish_all(self) -> None:
-        for tp in list(self._dirty):
-            self._publish(tp)
-
     @Service.timer(MIRROR_EVERY_S)
     async def _mirror_idle(self) -> None:
         """Partitions that went quiet after a burst still get their last position mirrored."""
-        self._publish_all()
+        self.positions.publish_all()
 
     # -- the stall watch ---------------------------------------------------------------
 
@@ -656,10 +479,10 @@ class ConsumerRunner(Service):
 
     def _position_of(self, tp: TP) -> int | None:
         """The next offset of the partition to process, as far as this worker knows."""
-        known = [self._processed.get(tp), self.app.consumer._committed_offset.get(tp)]
-        document = self.applied.data.get(applied_key(*tp))
-        if document is not None and document.get("offset") is not None:
-            known.append(int(document["offset"]) + 1)
+        known = [self._processed.get(tp), self.app.round_consumer.committed_offset(tp)]
+        stored = self.positions.stored(tp)
+        if stored is not None and stored.offset is not None:
+            known.append(stored.offset + 1)
         offsets = [o for o in known if o is not None]
         return max(offsets) if offsets else None
 
@@ -681,9 +504,8 @@ class ConsumerRunner(Service):
                 continue
             if self._retrying is None and self._idle.is_set():
                 log.warning("%s; reading it again from offset %d", line, position)
-                self._next[tp] = position
-                self._sought.pop(tp, None)
-                await self.app.consumer.seek_now(tp, position)
+                self.sequence.restart_at(tp, position)
+                await self.app.round_consumer.seek_now(tp, position)
                 self._moved_at[tp] = time.monotonic()  # a full period before judging again
                 continue
             log.warning("%s", line)
@@ -700,9 +522,11 @@ class ConsumerRunner(Service):
             log.warning("consumer %s: a batch was still being applied at rebalance", self.name)
         if await self._settle():
             await self._commit()
-        self._publish_all()
+        self.positions.publish_all()
         for tp in revoked:
-            for state in (self._fallback, self._held_by_destination, self._next, self._sought,
+            self.positions.forget(tp)
+            self.sequence.forget(tp)
+            for state in (self._held_by_destination,
                           self._processed, self._committed, self._moved_at):  # fmt: skip
                 state.pop(tp, None)
         await self.mirror.flush(timeout=5.0)

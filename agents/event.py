@@ -15,10 +15,12 @@ from typing import Any, Literal
 import msgspec
 import orjson
 
+from app.errors import AesopError
+
 OPS = frozenset("cudr")
 
 
-class BadMessage(Exception):
+class BadMessage(AesopError):
     """A consumed message that is not a change event."""
 
 

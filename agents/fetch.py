@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from importlib import metadata
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,9 +36,41 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from app.errors import LibraryVersionError
 from app.producer import IdempotentProducer
 
 DELIVERY_WAIT_S = 0.002  # how often a fetched round looks for room in the agent's queue
+
+FAUST = "faust-streaming"
+# The versions whose private names below (and app.assignor's) these classes were checked
+# against; checked at worker start (``check_faust``).
+FAUST_VERSIONS = ("0.15.3",)
+PRIVATE_METHODS = {
+    faust_aiokafka.Consumer: ("_drain_messages", "_to_message", "_wait_next_records"),
+    faust_aiokafka.AIOKafkaConsumerThread: ("_ensure_consumer",),
+}
+
+
+def check_faust(installed: str | None = None) -> None:
+    """Raise LibraryVersionError unless the installed Faust is one this module was written
+    for: it overrides and reads Faust's private consumer internals."""
+    if installed is None:
+        try:
+            installed = metadata.version(FAUST)
+        except metadata.PackageNotFoundError:
+            installed = "none"
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls, names in PRIVATE_METHODS.items()
+        for name in names
+        if not hasattr(cls, name)
+    ]
+    if installed not in FAUST_VERSIONS or missing:
+        lacking = f" (it lacks {', '.join(missing)})" if missing else ""
+        raise LibraryVersionError(
+            f"{FAUST} {installed} is installed{lacking}, but aesop's consumers were written "
+            f"for {', '.join(FAUST_VERSIONS)}; install that (pip install -r requirements.lock)"
+        )
 
 
 @dataclass(slots=True)
@@ -75,7 +108,11 @@ class RoundConsumer(faust_aiokafka.Consumer):
         """Commit these next-to-read offsets of the partitions still assigned; the error, if
         the commit failed (Faust's own commit would crash the app on most errors)."""
         thread = self._thread
-        return await thread.call_thread(_commit, thread._ensure_consumer(), offsets)  # type: ignore[no-any-return]
+        return await thread.call_thread(_commit, thread._ensure_consumer(), offsets)
+
+    def committed_offset(self, tp: TP) -> int | None:
+        """The offset last committed for the partition, as this consumer knows it."""
+        return self._committed_offset.get(tp)
 
     async def seek_now(self, tp: TP, offset: int) -> None:
         """Seek a partition, in the consumer's own thread; fetches started after this
@@ -201,6 +238,11 @@ class RoundApp(faust.App):
 
     def _new_transport(self) -> Any:
         return RoundTransport(self.conf.broker_consumer, self)
+
+    @property
+    def round_consumer(self) -> RoundConsumer:
+        """``consumer``, typed as what this app makes."""
+        return cast(RoundConsumer, self.consumer)
 
     def round_topic(self, *topics: str, **kwargs: Any) -> RoundTopic:
         return RoundTopic(self, topics=topics, **kwargs)

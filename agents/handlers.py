@@ -64,7 +64,7 @@ __all__ = [
     "EventFailed",
     "Handler",
     "Transient",
-    "build_handler",
+    "load_function",
 ]
 
 
@@ -111,8 +111,8 @@ class FunctionHandler(Handler):
         # One thread hop per batch, not per change: a sync function may block.
         failed = await asyncio.to_thread(self._call_all, changes)
         if failed is not None:
-            index, exc = failed
-            raise EventFailed(index, exc, isinstance(exc, TRANSIENT_ERRORS)) from exc
+            index, error = failed
+            raise EventFailed(index, error, isinstance(error, TRANSIENT_ERRORS)) from error
 
     def _call_all(self, changes: Sequence[Change]) -> tuple[int, Exception] | None:
         function = self.function
@@ -142,20 +142,4 @@ def load_function(consumer: ConsumerSettings) -> Callable[..., Any]:
             f"{where}: {consumer.handler!r} is a class but not an agents.handlers.Handler; "
             "name a function, or a Handler subclass"
         )
-    return function  # type: ignore[no-any-return]
-
-
-def build_handler(settings: Settings, consumer: ConsumerSettings, app: Any) -> Handler:
-    """The handler a ``[[consumer]]`` names."""
-    if consumer.handler == "mysql":
-        from agents.mysql import MySQLHandler
-
-        return MySQLHandler(settings, consumer, app)
-    if consumer.handler == "route":
-        from agents.route import RouteHandler
-
-        return RouteHandler(settings, consumer, app)
-    target = load_function(consumer)
-    if isinstance(target, type):  # a Handler subclass: it gets each batch of changes
-        return target(settings, consumer, app)  # type: ignore[no-any-return]
-    return FunctionHandler(settings, consumer, app)
+    return function

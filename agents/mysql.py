@@ -41,19 +41,25 @@ one thread of the handler's own, holding its one connection.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pymysql
 
 from agents.handlers import Applied, Change, EventFailed, Handler
-from app.errors import AesopError
+from agents.mysql_sql import (
+    DestinationError,
+    Step,
+    Table,
+    quote,
+    record_offsets_sql,
+    statements,
+    steps,
+    table_of,
+)
 from app.settings import MySQLURL
 
 log = logging.getLogger(__name__)
@@ -87,29 +93,13 @@ TRANSIENT_CODES = frozenset(
     }
 )
 SCHEMA_CODES = frozenset({1054, 1146})  # unknown column, no such table: the cache may be stale
-STATEMENT_BYTES = 1 << 20  # well under every max_allowed_packet default
 READ_TIMEOUT_S = 300
 
-BINARY_TYPES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
-GEOMETRY_TYPES = frozenset(
-    {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
-     "multipolygon", "geometrycollection", "geomcollection"}
-)  # fmt: skip
-TEXT_TYPES = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext"})
 _MARIADB_JSON_COLUMNS_SQL = (
     "SELECT CONSTRAINT_NAME FROM information_schema.CHECK_CONSTRAINTS"
     " WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME = %s AND LEVEL = 'Column'"
     " AND CHECK_CLAUSE = CONCAT('json_valid(`', REPLACE(CONSTRAINT_NAME, '`', '``'), '`)')"
 )
-
-
-class DestinationError(AesopError):
-    """The destination cannot take a change as it is (missing table or column, bad value)."""
-
-
-def quote(name: str) -> str:
-    """An identifier in backticks, backticks inside it doubled."""
-    return "`" + name.replace("`", "``") + "`"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -118,69 +108,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, pymysql.err.MySQLError) and exc.args:
         return exc.args[0] in TRANSIENT_CODES
     return False
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """How to write one destination column: its SQL value and its row-matching condition."""
-
-    name: str
-    kind: str  # information_schema DATA_TYPE, or "json" for MariaDB's JSON
-    charset: str | None
-
-    def convert(self, value: Any) -> Any:
-        """The JSON form of the change event back to what PyMySQL escapes for this column."""
-        if value is None:
-            return None
-        kind = self.kind
-        if kind in BINARY_TYPES:
-            return base64.b64decode(value, validate=True)
-        if kind == "set" and isinstance(value, list):
-            return ",".join(value)
-        if kind == "json":
-            return orjson.dumps(value).decode()
-        return value
-
-    def value_sql(self, literal: str) -> str:
-        if self.kind in GEOMETRY_TYPES:
-            return f"ST_GeomFromText({literal})"
-        return literal
-
-    def match_sql(self, literal: str, exact: bool) -> str:
-        """``column = value``; ``exact`` compares text case- and accent-sensitively (for
-        tables without a primary key, where the collation must not pick another row)."""
-        column = quote(self.name)
-        value = self.value_sql(literal)
-        if literal == "NULL":
-            pass
-        elif self.kind == "float":
-            # A FLOAT column holds the single-precision value; compare with one, not a double.
-            value = f"CAST({literal} AS FLOAT)"
-        elif self.kind == "json" and self.charset is None:
-            value = f"CAST({literal} AS JSON)"  # MySQL's JSON type compares as JSON
-        elif exact and self.kind in TEXT_TYPES and self.charset:
-            cs = self.charset
-            value = f"CONVERT({literal} USING {cs}) COLLATE {cs}_bin"
-        return f"{column} <=> {value}"
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    """A destination table: its qualified name and its columns by name."""
-
-    name: str  # `db`.`table`
-    columns: dict[str, Column]
-
-    def column(self, name: str) -> Column:
-        column = self.columns.get(name)
-        if column is None:
-            raise DestinationError(f"destination table {self.name} has no column {quote(name)}")
-        return column
-
-
-# One statement-to-be: what kind, on which table, and a signature that tells which
-# consecutive steps can share one statement.
-Step = tuple[str, Table, tuple[str, ...], dict[str, Any]]
 
 
 class MySQLHandler(Handler):
@@ -218,7 +145,7 @@ class MySQLHandler(Handler):
             raise EventFailed(index, exc, transient) from exc
 
     async def applied(self, topic: str, partition: int) -> Applied | None:
-        return await self._run(self._read_applied, topic, partition)  # type: ignore[no-any-return]
+        return await self._run(self._read_applied, topic, partition)
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         if self._executor is None:
@@ -232,7 +159,7 @@ class MySQLHandler(Handler):
         try:
             conn = self._connection()
             with conn.cursor() as cur:
-                for statement in self._statements(conn, self._steps(conn, changes)):
+                for statement in self._statements(conn, changes):
                     cur.execute(statement)
                 self._record_offsets(conn, cur, changes)
             conn.commit()
@@ -256,7 +183,7 @@ class MySQLHandler(Handler):
                 for index, change in enumerate(changes):
                     cur.execute("SAVEPOINT aesop_change")
                     try:
-                        for statement in self._statements(conn, self._steps(conn, [change])):
+                        for statement in self._statements(conn, [change]):
                             cur.execute(statement)
                     except Exception as exc:
                         if is_transient(exc):
@@ -328,28 +255,11 @@ class MySQLHandler(Handler):
         return None
 
     def _record_offsets(self, conn: Any, cur: Any, changes: Sequence[Change]) -> None:
-        if self._offsets is None or not changes:
+        if self._offsets is None:
             return
-        last: dict[tuple[str, int], Change] = {}
-        for change in changes:
-            last[(change.topic, change.partition)] = change
-        consumer = conn.escape(self.consumer.name)
-        rows = ",".join(
-            f"({consumer},{conn.escape(topic)},{partition},{change.offset},"
-            f"{conn.escape(change.head.source.name)},{change.head.scn},{change.head.row})"
-            for (topic, partition), change in last.items()
-        )
-        # The position columns follow the offset only when it moves on (they are assigned
-        # first: each assignment sees the ones before it).
-        newer = "VALUES(last_offset) > last_offset"
-        cur.execute(
-            f"INSERT INTO {self._offsets} (consumer, topic, part, last_offset, source, scn,"
-            f" scn_row) VALUES {rows} ON DUPLICATE KEY UPDATE"
-            f" source = IF({newer}, VALUES(source), source),"
-            f" scn = IF({newer}, VALUES(scn), scn),"
-            f" scn_row = IF({newer}, VALUES(scn_row), scn_row),"
-            " last_offset = GREATEST(last_offset, VALUES(last_offset))"
-        )
+        sql = record_offsets_sql(self._offsets, self.consumer.name, changes, conn.escape)
+        if sql is not None:
+            cur.execute(sql)
 
     def _read_applied(self, topic: str, partition: int) -> Applied | None:
         conn = self._connection()
@@ -397,87 +307,11 @@ class MySQLHandler(Handler):
             if self._mariadb:
                 cur.execute(_MARIADB_JSON_COLUMNS_SQL, (db, name))
                 json_columns = {column for (column,) in cur.fetchall()}
-        qualified = f"{quote(db)}.{quote(name)}"
-        if not rows:
-            raise DestinationError(f"destination table {qualified} does not exist; create it")
-        columns = {}
-        for column, kind, charset in rows:
-            if column in json_columns:
-                kind = "json"
-            # A MySQL JSON column has no charset; MariaDB's (LONGTEXT) has one.
-            columns[column] = Column(column, kind.lower(), charset)
-        table = self._tables[(db, name)] = Table(qualified, columns)
+        table = self._tables[(db, name)] = table_of(db, name, rows, json_columns)
         return table
 
-    def _steps(self, conn: Any, changes: Sequence[Change]) -> list[Step]:
-        """What each change does, in order: upserts, deletes by key, row deletes, inserts."""
-        steps: list[Step] = []
-        for change in changes:
-            event = change.event
-            source = event["source"]
-            table = self._table(conn, self.url.database or source["db"], source["table"])
-            op, key, before, after = event["op"], event.get("key"), event["before"], event["after"]
-            if key is None:
-                if op in "ud" and before is not None:
-                    steps.append(("delete_row", table, tuple(before), before))
-                if op in "cur" and after is not None:
-                    steps.append(("insert", table, tuple(after), after))
-                continue
-            names = tuple(key)
-            if op == "d":
-                steps.append(("delete", table, names, {k: before[k] for k in names}))
-                continue
-            if op == "u" and before is not None and any(before[k] != after[k] for k in names):
-                steps.append(("delete", table, names, {k: before[k] for k in names}))
-            steps.append(("upsert", table, tuple(after), after))
-        return steps
-
-    def _statements(self, conn: Any, steps: list[Step]) -> list[str]:
-        """SQL for the steps, consecutive steps of one kind, table and columns sharing one
-        statement (a row delete never shares: LIMIT 1 is per row)."""
-        statements: list[str] = []
-        group: list[Step] = []
-        size = 0
-        for step in steps:
-            first = group[0] if group else None
-            if first is not None and (
-                step[0] != first[0]
-                or step[1] is not first[1]  # tables are cached: one object per table
-                or step[2] != first[2]
-                or step[0] == "delete_row"
-                or size > STATEMENT_BYTES
-            ):
-                statements.append(self._statement(conn, group))
-                group, size = [], 0
-            group.append(step)
-            size += sum(len(v) if isinstance(v, str) else 8 for v in step[3].values())
-        if group:
-            statements.append(self._statement(conn, group))
-        return statements
-
-    def _statement(self, conn: Any, group: list[Step]) -> str:
-        kind, table, names, _ = group[0]
-        columns = [table.column(name) for name in names]
-
-        def literals(values: dict[str, Any]) -> list[str]:
-            return [conn.escape(c.convert(values[c.name])) for c in columns]
-
-        if kind in ("upsert", "insert"):
-            rows = ",".join(
-                "(" + ",".join(c.value_sql(v) for c, v in zip(columns, literals(s[3]), strict=True))
-                + ")"
-                for s in group
-            )  # fmt: skip
-            sql = f"INSERT INTO {table.name} ({','.join(quote(n) for n in names)}) VALUES {rows}"
-            if kind == "upsert":
-                updates = ",".join(f"{quote(n)}=VALUES({quote(n)})" for n in names)
-                sql += f" ON DUPLICATE KEY UPDATE {updates}"
-            return sql
-        exact = kind == "delete_row"
-        where = " OR ".join(
-            "(" + " AND ".join(
-                c.match_sql(v, exact) for c, v in zip(columns, literals(s[3]), strict=True)
-            ) + ")"
-            for s in group
-        )  # fmt: skip
-        return f"DELETE FROM {table.name} WHERE {where}" + (" LIMIT 1" if exact else "")
+    def _statements(self, conn: Any, changes: Sequence[Change]) -> list[str]:
+        found: list[Step] = steps(
+            changes, lambda db, name: self._table(conn, db, name), self.url.database
+        )
+        return statements(found, conn.escape)

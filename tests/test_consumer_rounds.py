@@ -21,6 +21,7 @@ from faust.types import TP
 
 from agents.consumer import ConsumerRunner
 from agents.fetch import Round
+from agents.sequence import OffsetSequence
 
 
 class FakeApp:
@@ -28,6 +29,11 @@ class FakeApp:
         self.consumer_generation_id = generation
         self.rebalancing = rebalancing
         self.flow_control = SimpleNamespace(is_active=lambda: True)
+        self.consumer: FakeConsumer | None = None
+
+    @property
+    def round_consumer(self) -> FakeConsumer | None:
+        return self.consumer
 
 
 class Rounds:
@@ -114,8 +120,11 @@ TP0 = TP("t", 0)
 class FakeConsumer:
     def __init__(self, highwater: int) -> None:
         self.high = highwater
-        self._committed_offset: dict[TP, int] = {}
+        self.committed: dict[TP, int] = {}
         self.seeks: list[tuple[TP, int]] = []
+
+    def committed_offset(self, tp: TP) -> int | None:
+        return self.committed.get(tp)
 
     def assignment(self) -> set[TP]:
         return {TP0, TP("other-topic", 0)}
@@ -138,17 +147,18 @@ class Watched:
 
     def __init__(self, highwater: int, processed: int) -> None:
         self.app = FakeApp(generation=1, rebalancing=False)
-        self.app.consumer = FakeConsumer(highwater)  # type: ignore[attr-defined]
+        self.app.consumer = FakeConsumer(highwater)
         self.settings = SimpleNamespace(lag=SimpleNamespace(stalled_seconds=5.0))
         self.consumer = SimpleNamespace(topics=["t"])
-        self.applied = SimpleNamespace(data={})
+        self.positions = SimpleNamespace(stored=lambda tp: None)
         self._stopping = False
         self._moved_at: dict[TP, float] = {}
         self._retrying: str | None = None
         self._stalled: set[TP] = set()
         self._processed = {TP0: processed}
-        self._next = {TP0: highwater}
-        self._sought = {TP0: 3}
+        self.sequence = OffsetSequence("c", lambda: self.app.consumer)
+        self.sequence._next = {TP0: highwater}
+        self.sequence._sought = {TP0: 3}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -173,7 +183,7 @@ def test_a_stalled_partition_with_no_batch_in_hand_is_read_again_from_where_it_i
     assert watched.stalled() == ["consumer c: t/0: 6 changes waiting, none processed for 6s"]
     asyncio.run(watched.check_stalls())
     assert watched.app.consumer.seeks == [(TP0, 4)]
-    assert watched._next[TP0] == 4 and TP0 not in watched._sought
+    assert watched.sequence._next[TP0] == 4 and TP0 not in watched.sequence._sought
     assert "; reading it again from offset 4" in caplog.text
     assert watched.stalled() == [], "a full period before it is judged again"
 

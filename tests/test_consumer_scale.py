@@ -34,7 +34,6 @@ from tests.test_mysql_handler import (
     assert_converges,
     consumer_toml,
     create_schema,
-    local_data,  # noqa: F401  (a fixture replica uses)
     replica,  # noqa: F401  (fixture)
     restart,
     retry_lines,

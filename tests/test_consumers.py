@@ -185,7 +185,7 @@ def test_republished_changes_are_skipped_and_counted(
     assert worker.stop() == 0
     assert "Traceback" not in worker.log(), "a clean stop under way logs no traceback"
 
-    lose_relay_position(app_id, "s", early)
+    lose_relay_position(app_id, "s", early, tmp_path)
     worker = workers.start(config, env=env)
     worker.wait_for_log("relay s: reading")
     sql("INSERT INTO first VALUES (2)", database=database)

@@ -4,7 +4,6 @@ consumer applying it, and the destination compared with the source row for row."
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import time
 import tomllib
@@ -17,11 +16,11 @@ import pymysql
 import pytest
 
 from agents.handlers import Change, EventFailed
-from agents.mysql import MySQLHandler, quote
+from agents.mysql import MySQLHandler
+from agents.mysql_sql import quote
 from app.settings import ConsumerSettings, MySQLURL
 from tests.support import (
     KAFKA,
-    ROOT,
     SourceSpec,
     Worker,
     WorkerFactory,
@@ -169,15 +168,7 @@ def start_worker(
 
 
 @pytest.fixture
-def local_data(unique: str) -> Iterator[None]:
-    """The consumers' Faust data directories (``<name>-data``) go after the test."""
-    yield
-    for path in ROOT.glob(f"t{unique}-*-data"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def replica(stack: Any, unique: str, local_data: None) -> Iterator[str]:
+def replica(stack: Any, unique: str) -> Iterator[str]:
     """A destination database on the stack's MariaDB, dropped afterwards."""
     name = f"t_{unique}_replica"
     yield name
@@ -572,7 +563,7 @@ def test_a_relay_republishing_after_every_consumer_position_is_lost_duplicates_n
     assert held and all(row == ("shop", 1, 1) for row in held), held
     assert worker.stop() == 0
 
-    lose_relay_position(app_id, "shop", early[0])
+    lose_relay_position(app_id, "shop", early[0], tmp_path)
     delete_topics(f"{consumer}-applied-changelog")
     zk_delete(f"/aesop-test/{app_id}/consumers/{consumer}")
     worker = workers.start(worker.config)
