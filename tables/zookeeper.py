@@ -32,6 +32,10 @@ class ZooKeeperUnavailable(AesopError):
     """ZooKeeper did not answer in time."""
 
 
+class ZooKeeperDocumentInvalid(AesopError):
+    """A node under aesop's root holds something that is not a JSON document."""
+
+
 class ZooKeeperMirror(Service):
     """Keeps ``<root>/...`` documents in ZooKeeper equal to the latest published values."""
 
@@ -83,14 +87,31 @@ class ZooKeeperMirror(Service):
         self._wake.set()
 
     async def read(self, path: str, timeout: float = CALL_TIMEOUT_S) -> Any | None:
-        """The document at ``root + path``, ``None`` if absent; raises ZooKeeperUnavailable."""
+        """The document at ``root + path``, ``None`` if absent.
+
+        Raises ZooKeeperUnavailable when ZooKeeper cannot be read (kazoo's own errors
+        included) and ZooKeeperDocumentInvalid when the node holds no JSON: both are
+        AesopErrors, which every caller retries or reports in one line.
+        """
         if not self.enabled:
             return None
         client = self._client
         if client is None:
             raise ZooKeeperUnavailable(f"zookeeper {self.hosts}: not started")
-        data = await self._call(self._get, client, self.root + path, timeout=timeout)
-        return None if data is None else orjson.loads(data)
+        node = self.root + path
+        try:
+            data = await self._call(self._get, client, node, timeout=timeout)
+        except KazooException as exc:
+            raise ZooKeeperUnavailable(f"zookeeper {self.hosts}: {type(exc).__name__}") from None
+        if data is None:
+            return None
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ZooKeeperDocumentInvalid(
+                f"zookeeper node {node} holds no JSON document ({data[:40]!r}); "
+                "delete it (aesop writes it again) or restore it"
+            ) from None
 
     async def wait_connected(self, timeout: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
