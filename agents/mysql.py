@@ -26,9 +26,12 @@ change in that database's ``aesop_offsets`` table (created if missing, or given 
 columns; key: consumer, topic, partition). The consumer reads it when it takes a partition
 and skips what is at or below that offset, and changes a relay re-published (at new offsets)
 at or below that ``(scn, row)``, so a crash between applying a batch and recording its
-position elsewhere never applies it twice. Without a database in the URL (or the right to
-create that table) a replay can duplicate rows of a table without a primary key, and a
-warning says so once.
+position elsewhere never applies it twice. Each batch's transaction also locks its
+partitions' rows of that table first and leaves out what they record as applied, so a
+retry after a COMMIT whose answer was lost (the server may have committed) and a new owner
+racing the earlier owner's last batch apply nothing twice either. Without a database in
+the URL (or the right to create that table) a replay can duplicate rows of a table without
+a primary key, and a warning says so once.
 
 A batch is one transaction. When the destination refuses a change, the batch is rolled
 back and re-applied change by change (a savepoint each) to find it: the changes before it
@@ -102,6 +105,16 @@ _MARIADB_JSON_COLUMNS_SQL = (
 )
 
 
+def already_applied(change: Change, held: Applied) -> bool:
+    """Whether ``held``, a partition's last applied change, covers ``change``."""
+    if change.offset <= held.offset:
+        return True
+    head = change.head
+    if held.scn is None or held.source != head.source.name:
+        return False
+    return (head.scn, head.row) <= (held.scn, held.row or 0)
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, OSError | pymysql.err.InterfaceError):
         return True
@@ -159,9 +172,11 @@ class MySQLHandler(Handler):
         try:
             conn = self._connection()
             with conn.cursor() as cur:
-                for statement in self._statements(conn, changes):
+                done = self._fence(cur, changes)
+                todo = [c for i, c in enumerate(changes) if i not in done] if done else changes
+                for statement in self._statements(conn, todo):
                     cur.execute(statement)
-                self._record_offsets(conn, cur, changes)
+                self._record_offsets(conn, cur, todo)
             conn.commit()
             return None
         except Exception as exc:
@@ -180,7 +195,10 @@ class MySQLHandler(Handler):
         try:
             conn = self._connection()
             with conn.cursor() as cur:
+                done = self._fence(cur, changes)
                 for index, change in enumerate(changes):
+                    if index in done:
+                        continue
                     cur.execute("SAVEPOINT aesop_change")
                     try:
                         for statement in self._statements(conn, [change]):
@@ -189,10 +207,12 @@ class MySQLHandler(Handler):
                         if is_transient(exc):
                             raise
                         cur.execute("ROLLBACK TO SAVEPOINT aesop_change")
-                        self._record_offsets(conn, cur, changes[:index])
+                        self._record_offsets(
+                            conn, cur, [c for i, c in enumerate(changes[:index]) if i not in done]
+                        )
                         conn.commit()
                         return index, exc, False
-                self._record_offsets(conn, cur, changes)
+                self._record_offsets(conn, cur, [c for i, c in enumerate(changes) if i not in done])
             conn.commit()
             return None
         except Exception as exc:
@@ -253,6 +273,35 @@ class MySQLHandler(Handler):
                 self.consumer.name, why,
             )  # fmt: skip
         return None
+
+    def _fence(self, cur: Any, changes: Sequence[Change]) -> set[int]:
+        """Lock the batch's partitions in ``aesop_offsets`` and return the indexes of the
+        changes it already records as applied: at or below a partition's offset, or, of the
+        same source, at or below its ``(scn, row)``.
+
+        The consumer skips those already, by what it read when it took the partition; this
+        holds inside the transaction, against what it cannot know: a COMMIT whose answer
+        was lost with the connection (the server may have committed it: the retry must not
+        apply it again) and an earlier owner of the partition whose last batch commits after
+        the new owner read the table (the row lock orders the two transactions).
+        """
+        if self._offsets is None:
+            return set()
+        keys = sorted({(c.topic, c.partition) for c in changes})
+        escape = cur.connection.escape
+        wanted = " OR ".join(f"(topic = {escape(t)} AND part = {p})" for t, p in keys)
+        cur.execute(
+            f"SELECT topic, part, last_offset, source, scn, scn_row FROM {self._offsets}"
+            f" WHERE consumer = {escape(self.consumer.name)} AND ({wanted}) FOR UPDATE"
+        )
+        recorded = {(t, p): Applied(o, src, scn, row) for t, p, o, src, scn, row in cur.fetchall()}
+        if not recorded:
+            return set()
+        return {
+            index for index, change in enumerate(changes)
+            if (held := recorded.get((change.topic, change.partition))) is not None
+            and already_applied(change, held)
+        }  # fmt: skip
 
     def _record_offsets(self, conn: Any, cur: Any, changes: Sequence[Change]) -> None:
         if self._offsets is None:

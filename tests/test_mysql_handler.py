@@ -4,10 +4,12 @@ consumer applying it, and the destination compared with the source row for row."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import time
 import tomllib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -387,12 +389,27 @@ def test_a_change_the_replica_refuses_is_dead_lettered_and_the_rest_applied(
 # --- the handler on its own: batches of hand-made events, no Kafka ---------------------
 
 
-def change(op: str, table: str, key: Any, before: Any, after: Any, db: str = "src") -> Change:
+SEQUENCE = itertools.count(1)
+
+
+def change(
+    op: str, table: str, key: Any, before: Any, after: Any, db: str = "src",
+    scn: int | None = None, offset: int | None = None,
+) -> Change:  # fmt: skip
+    """A change of source ``shop`` in partition 0, next in the stream (offset and scn grow
+    with each one made) unless told its ``scn`` (row 0) and ``offset``."""
+    number = next(SEQUENCE)
     event = {
-        "op": op, "source": {"name": "shop", "db": db, "table": table}, "scn": 1, "row": 0,
+        "op": op, "source": {"name": "shop", "db": db, "table": table},
+        "scn": number if scn is None else scn, "row": 0,
         "key": key, "before": before, "after": after,
     }  # fmt: skip
-    return Change.of(orjson.dumps(event), "aesop.shop")
+    return Change.of(orjson.dumps(event), "aesop.shop", 0, number if offset is None else offset)
+
+
+def republished(original: Change) -> Change:
+    """``original`` as a relay publishes it again after a crash: same identity, new offset."""
+    return Change.of(original.value, original.topic, original.partition, next(SEQUENCE))
 
 
 def apply(url: MySQLURL, *changes: Change) -> EventFailed | None:
@@ -458,6 +475,78 @@ def test_a_refused_change_is_found_and_the_ones_before_it_committed(database: st
     failure = apply(url, change("c", "absent", {"id": 1}, None, {"id": 1}))
     assert failure is not None and not failure.transient
     assert "does not exist" in str(failure)
+
+
+def test_a_batch_applied_again_changes_nothing(database: str) -> None:
+    """The connection can be lost with a COMMIT's answer, after the server committed: the
+    consumer then retries the batch, which must change nothing, keyless rows included. Nor
+    does a batch overlapping what is applied, or a change a relay published again."""
+    sql(f"CREATE TABLE {database}.notes (tag INT, n INT)")
+    url = mysql_url(database)
+
+    def rows() -> list[tuple[Any, ...]]:
+        return sorted(sql(f"SELECT tag, n FROM {database}.notes"))
+
+    first = [
+        change("c", "notes", None, None, {"tag": 1, "n": 1}),
+        change("c", "notes", None, None, {"tag": 2, "n": 1}),
+        change("u", "notes", None, {"tag": 1, "n": 1}, {"tag": 1, "n": 2}),
+    ]
+    assert apply(url, *first) is None
+    assert apply(url, *first) is None  # the retry after the lost answer
+    assert rows() == [(1, 2), (2, 1)]
+    later = change("u", "notes", None, {"tag": 1, "n": 2}, {"tag": 1, "n": 3})
+    assert apply(url, first[2], later) is None
+    assert rows() == [(1, 3), (2, 1)]
+    assert apply(url, republished(first[1]), republished(later)) is None
+    assert rows() == [(1, 3), (2, 1)]
+    gone = change("d", "notes", None, {"tag": 2, "n": 1}, None)
+    assert apply(url, republished(later), gone) is None  # the new change after a re-published one
+    assert rows() == [(1, 3)]
+
+
+def test_an_earlier_owners_late_commit_is_not_applied_again(database: str) -> None:
+    """A partition's earlier owner can still be committing its last batch when the new owner,
+    which read the applied offsets before, applies the same changes: the new owner's
+    transaction waits for the earlier one's lock on ``aesop_offsets``, then skips them."""
+    sql(f"CREATE TABLE {database}.notes (tag INT, n INT)")
+    url = mysql_url(database)
+    seed = change("c", "notes", None, None, {"tag": 1, "n": 1})
+    assert apply(url, seed) is None  # aesop_offsets has the partition's row from here on
+    batch = [
+        change("u", "notes", None, {"tag": 1, "n": 1}, {"tag": 1, "n": 2}),
+        change("c", "notes", None, None, {"tag": 3, "n": 1}),
+    ]
+    earlier = pymysql.connect(**mysql_url(database).connect_args(), autocommit=False)
+    try:
+        with earlier.cursor() as cur:  # the earlier owner, inside its last transaction
+            cur.execute(
+                "SELECT last_offset FROM aesop_offsets WHERE consumer = 'replica'"
+                " AND topic = 'aesop.shop' AND part = 0 FOR UPDATE"
+            )
+            assert cur.fetchone() == (seed.offset,)
+            cur.execute("DELETE FROM notes WHERE tag = 1 AND n = 1 LIMIT 1")
+            cur.execute("INSERT INTO notes VALUES (1, 2), (3, 1)")
+            cur.execute(
+                "UPDATE aesop_offsets SET last_offset = %s, scn = %s WHERE consumer = 'replica'",
+                (batch[-1].offset, batch[-1].head.scn),
+            )
+            with ThreadPoolExecutor(1) as pool:
+                newer = pool.submit(apply, url, *batch)  # the new owner
+                wait_until(
+                    lambda: sql(
+                        "SELECT COUNT(*) FROM information_schema.INNODB_TRX"
+                        " WHERE trx_state = 'LOCK WAIT'"
+                    )[0][0],
+                    30,
+                    "the new owner to wait for the earlier owner's lock",
+                )
+                assert not newer.done()
+                earlier.commit()
+                assert newer.result(timeout=30) is None
+    finally:
+        earlier.close()
+    assert sorted(sql(f"SELECT tag, n FROM {database}.notes")) == [(1, 2), (3, 1)]
 
 
 def test_an_unreachable_replica_is_transient(stack: Any) -> None:
