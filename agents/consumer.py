@@ -5,8 +5,8 @@ The agent takes the consumer's messages a fetch round at a time (``agents.fetch`
 batches of at most ``RECORDS_PER_ROUND``. Per batch it:
 1. checks each partition's offsets run on from the last one processed, and on inside the
    batch (else it seeks back to the first passed by: nothing is passed by);
-2. checks each message is a change event (``agents.event``); one that is not goes to
-   ``<name>.dlq``;
+2. checks each message is a change event (``agents.skip``, by ``app.change_event``); one
+   that is not goes to ``<name>.dlq``;
 3. skips each event at or below the last applied ``(scn, row)`` of its topic partition
    (a relay re-publishes after a crash; the identity tells a re-publish from a new change),
    and at or below the last offset the destination recorded as applied, if its handler keeps

@@ -15,8 +15,9 @@ from typing import Any
 
 from faust.types import TP
 
-from agents.event import BadMessage, Change, decode_head, fast_decode_head
+from agents.event import Change
 from agents.handlers import Applied
+from app.change_event import BadMessage, decode_head, fast_decode_head
 from tables.applied import AppliedPosition
 
 

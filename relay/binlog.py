@@ -35,6 +35,7 @@ from pymysqlreplication.row_event import (
     WriteRowsEvent,
 )
 
+from app.change_event import CREATE, DELETE, UPDATE, key_prefix, source_block
 from app.errors import DecodeError, PositionLostError, SourceError
 from app.settings import SourceSettings
 from relay import _pmr_patches, values
@@ -75,7 +76,7 @@ EVENTS = [
     HeartbeatLogEvent,
     NotImplementedEvent,
 ]
-OPS = {WriteRowsEvent: "c", UpdateRowsEvent: "u", DeleteRowsEvent: "d"}
+OPS = {WriteRowsEvent: CREATE, UpdateRowsEvent: UPDATE, DeleteRowsEvent: DELETE}
 ROWS_PER_BATCH = 500  # changes per batch handed from the reader thread to the loop
 HEARTBEAT_S = 1.0
 READ_TIMEOUT_S = 10
@@ -397,23 +398,19 @@ class BinlogReader:
         images = self._decoder(event).images(event, op)
         pk = event.primary_key
         pk_columns = (pk,) if isinstance(pk, str) and pk else tuple(pk or ())
-        # Serialized once per event: every row of it carries the same source and key prefix.
-        source = orjson.Fragment(
-            orjson.dumps(
-                {
-                    "name": self.source.name,
-                    "server_id": event.packet.server_id,
-                    "db": db,
-                    "table": table,
-                    "file": file,
-                    "pos": pos,
-                    "gtid": txn.gtid,
-                    "ts_ms": event.timestamp * 1000,
-                }
-            )
+        # Built once per event: every row of it carries the same source and key prefix.
+        source = source_block(
+            self.source.name,
+            event.packet.server_id,
+            db,
+            table,
+            file,
+            pos,
+            txn.gtid,
+            event.timestamp * 1000,
         )
-        # orjson.dumps({"db": db, "table": table, "pk": pk}) is key_head + dumps(pk) + b"}".
-        key_head = b'{"db":' + orjson.dumps(db) + b',"table":' + orjson.dumps(table) + b',"pk":'
+        # A row's key, key_head + dumps(pk) + b"}", is change_event.key_bytes(db, table, pk).
+        key_head = key_prefix(db, table)
         skip_scn, skip_row = self.skip_through
         now_ms = int(self.clock() * 1000)
         # ``row`` numbers the events built from this rows event, which is more than its rows
@@ -432,6 +429,7 @@ class BinlogReader:
                 image = before if after is None else after
                 assert image is not None
                 key_values = {name: image[name] for name in pk_columns} if pk_columns else None
+                # A ChangeEvent, its fields in order (change_event.FIELDS; the tests check).
                 change = {
                     "op": op_,
                     "source": source,

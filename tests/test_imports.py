@@ -13,9 +13,10 @@ PACKAGES = ("app", "tables", "relay", "agents", "web", "metrics")
 # Lower layers never import higher ones. Within a layer imports may go either way, as long
 # as they make no cycle.
 LAYERS: list[tuple[str, ...]] = [
-    # 0: settings, errors and the worker's plumbing, knowing nothing of the pipeline.
+    # 0: settings, errors, the change event's definition and the worker's plumbing.
     (
         "app.errors",
+        "app.change_event",
         "app.settings",
         "app.retry",
         "app.partitioner",

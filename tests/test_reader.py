@@ -8,6 +8,8 @@ the real stream does, so an event type missing from the reader's list is dropped
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -122,10 +124,11 @@ def read(
     events: list[Any],
     start: Position = START,
     skip_through: tuple[int, int] = (0, -1),
+    clock: Callable[[], float] = time.time,
 ) -> tuple[binlog.BinlogReader, Collected]:
     monkeypatch.setattr(binlog, "BinLogStreamReader", lambda **kw: CannedStream(events, **kw))
     handoff = Collected()
-    reader = binlog.BinlogReader(SOURCE, start, skip_through, handoff)  # type: ignore[arg-type]
+    reader = binlog.BinlogReader(SOURCE, start, skip_through, handoff, clock)  # type: ignore[arg-type]
     reader._decoder = lambda _event: PassThrough()  # type: ignore[method-assign]
     reader.run()
     return reader, handoff
