@@ -56,7 +56,7 @@ class FakeClient:
 
 def mirror_with(client: FakeClient, hosts: str = "127.0.0.1:1") -> ZooKeeperMirror:
     mirror = ZooKeeperMirror(hosts, ROOT)
-    mirror._client = client  # type: ignore[assignment]
+    mirror._client = client
     return mirror
 
 
@@ -286,7 +286,7 @@ async def test_the_writer_retries_on_its_own_and_writes_once_reconnected(
 
     client = FakeClient(connected=False)
     mirror = NoConnect("127.0.0.1:1", ROOT)
-    mirror._client = client  # type: ignore[assignment]
+    mirror._client = client
     await mirror.start()
     try:
         mirror.publish("/relays/a", {"scn": 1})
