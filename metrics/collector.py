@@ -135,7 +135,9 @@ class AesopCollector(Collector):
             for topic, partition, document, highwater in self._partitions(runner):
                 labels = [name, topic, str(partition)]
                 if document is not None:
-                    source = str(document.get("source", ""))
+                    # None when the position came from the ZooKeeper mirror, which keeps no
+                    # source: an empty label, as for a position without one, not "None".
+                    source = str(document.get("source") or "")
                     applied_scn.add_metric([*labels, source], document["scn"])
                 if highwater is None:
                     continue
