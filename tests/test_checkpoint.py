@@ -156,12 +156,12 @@ def test_clean_restarts_under_load_publish_each_change_once(workers, tmp_path, u
     writer = Writer(database)
     writer.start()
     for _ in range(2):
-        time.sleep(1.5)
+        writer.write_more(500)
         relay.stop()
-        time.sleep(0.5)  # changes committed while no worker runs
+        writer.write_more(200)  # changes committed while no worker runs
         relay.run()
         assert relay.origin() == "table"
-    time.sleep(1.0)
+    writer.write_more(400)
     written = writer.finish()
     assert written > 200, "the writer made too little load to test anything"
     assert_exactly_once(relay.messages(written), written)
@@ -204,17 +204,17 @@ def test_kill_9_under_load_loses_nothing(workers, tmp_path, unique, database):
     relay.run()
     writer = Writer(database)
     writer.start()
-    time.sleep(2.0)
+    writer.write_more(800)
     relay.kill()
     # What the table held when the worker died, and its (lazier) ZooKeeper mirror.
     stored = relay.stored_in_changelog()
     mirrored = zk_get(relay.zk_path)
     assert mirrored is not None
     assert (mirrored["scn"], mirrored["row"]) <= (stored["scn"], stored["row"])
-    time.sleep(0.5)
+    writer.write_more(200)
     relay.run()
     assert relay.origin() == "table"
-    time.sleep(1.5)
+    writer.write_more(600)
     written = writer.finish()
     messages = relay.messages(written)
     numbers = sorted({m["value"]["after"]["n"] for m in messages})
@@ -238,7 +238,7 @@ def test_wiped_table_resumes_from_zookeeper(workers, tmp_path, unique, database)
     relay.run()
     writer = Writer(database)
     writer.start()
-    time.sleep(2.0)
+    writer.write_more(800)
     relay.stop()
     mirrored = zk_get(relay.zk_path)
     assert mirrored == relay.stored_in_changelog(), "a clean stop leaves the mirror current"
@@ -246,7 +246,7 @@ def test_wiped_table_resumes_from_zookeeper(workers, tmp_path, unique, database)
     shutil.rmtree(data_dir(tmp_path, relay.app_id), ignore_errors=True)
     relay.run()
     assert relay.origin() == "zookeeper"
-    time.sleep(1.5)
+    writer.write_more(600)
     written = writer.finish()
     assert_exactly_once(relay.messages(written), written)
     # The table is written again from the resumed relay.

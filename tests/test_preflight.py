@@ -24,6 +24,7 @@ import pymysql
 import pytest
 from kazoo.client import KazooClient
 
+from tests.support.cli import relay_state
 from tests.support.config import ConfigFactory, SourceSpec
 from tests.support.kafka import count_at_least, read_topic
 from tests.support.servers import BIN, BINLOG_ON, PrivateServer, start_private_server
@@ -408,7 +409,9 @@ def test_worker_stops_at_a_purged_checkpoint_with_the_checks_error(
         check_line = assert_one_error(aesop_check(config), 1, source_error("shop"))
         worker = workers.start(config)
         worker.wait_for_log("is no longer on the server", timeout=90)
-        time.sleep(3)  # time enough to start reading from somewhere else, if it were to
+        # Failed is where the relay stays (it tries again after FAILED_RETRY_S, 60 s): had it
+        # started reading from somewhere else, it would say reading.
+        wait_until(lambda: relay_state(config, "shop") == "failed", 30, "the relay to fail")
         log = worker.log()
     errors = lines_with(log, "is no longer on the server")
     assert len(errors) == 1, errors
@@ -530,7 +533,8 @@ def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
         mysql=server.url(),
     )  # fmt: skip
     root = f"/aesop-test/t{unique}"
-    worker = workers.start(make_config([spec]))
+    config = make_config([spec])
+    worker = workers.start(config)
     worker.wait_for_log("relay shop: reading", timeout=90)
 
     server.sql(f"INSERT INTO {db}.notes VALUES (1, 'before')")
@@ -550,7 +554,8 @@ def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
     at = f"{boundary[0]}:{compressed[0][1]}"
 
     worker.wait_for_log("COMPRESSED_EVENT", timeout=60)
-    time.sleep(3)  # what would have been published or checkpointed past it, would be by now
+    # Failed: the relay's reader has stopped, so nothing past the event can come after this.
+    wait_until(lambda: relay_state(config, "shop") == "failed", 30, "the relay to fail")
     errors = lines_with(worker.log(), "COMPRESSED_EVENT")
     assert len(errors) == 1, errors  # the next attempt comes after FAILED_RETRY_S (60 s)
     assert re.search(

@@ -196,7 +196,7 @@ def test_a_sigterm_at_any_moment_of_start_up_stops_cleanly_and_duplicates_nothin
     # The next start resumes where the stopped one left off: nothing twice, nothing missing.
     last, _ = start_worker(workers, config)
     last.wait_for_log(f"relay {SOURCE}: reading", 90)
-    time.sleep(1.0)
+    writer.write_more(300)
     written = writer.finish()
     assert_exactly_once(read_topic(topic, count_then_settle(written, 3.0), timeout=120), written)
     assert last.stop() == 0

@@ -40,3 +40,16 @@ def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
             return answer.status, orjson.loads(answer.read())
     except urllib.error.HTTPError as answer:
         return answer.code, orjson.loads(answer.read())
+
+
+def relay_state(config: Path, source: str) -> str | None:
+    """The state of ``source``'s relay as its worker's ``/health`` shows it; None while the
+    worker does not answer or runs no such relay."""
+    from app.settings import load as load_settings
+
+    try:
+        _, body = get(load_settings(config, env={}).web_port, "/health")
+    except (urllib.error.URLError, ConnectionError):
+        return None
+    status = body.get("relays", {}).get(source)
+    return None if status is None else str(status["state"])

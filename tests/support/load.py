@@ -12,6 +12,7 @@ import pymysql
 
 from tests.support.kafka import identities
 from tests.support.mysql import mysql_url, sql
+from tests.support.stack import wait_until
 
 
 class Writer(threading.Thread):
@@ -41,6 +42,15 @@ class Writer(threading.Thread):
                     time.sleep(0.005)
         except BaseException as exc:
             self.error = exc
+
+    def write_more(self, rows: int, timeout: float = 60.0) -> None:
+        """Return once ``rows`` more rows are committed: load by amount, not by time."""
+        target = self.written + rows
+        wait_until(
+            lambda: self.written >= target or not self.is_alive(), timeout, f"{rows} more rows"
+        )
+        assert self.error is None, self.error
+        assert self.written >= target, f"the writer stopped at {self.written} rows"
 
     def finish(self) -> int:
         self._halt.set()
