@@ -18,7 +18,8 @@ from bench.raw_parser import count_rows
 from relay import _pmr_patches, binlog
 from relay.handoff import Batch
 from tables.positions import Position
-from tests.support import ROOT, mysql_url
+from tests.support.mysql import mysql_url
+from tests.support.stack import ROOT
 
 ROW_EVENTS = (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)
 

@@ -51,7 +51,9 @@ from bench import load
 from bench.probes import clean_up_run, dumps, worker_log_tail
 from relay.handoff import Batch, SerializedChange
 from relay.publish import Publisher
-from tests.support import KAFKA, ROOT, Worker, write_config
+from tests.support.config import write_config
+from tests.support.stack import KAFKA, ROOT
+from tests.support.workers import Worker
 
 RESULTS = ROOT / "bench" / "results.json"  # shared with bench.relay_bench: key "consumers"
 PARTITIONS = 8  # the product default ([aesop].partitions)

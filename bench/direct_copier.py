@@ -27,7 +27,7 @@ import pymysql
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import UpdateRowsEvent, WriteRowsEvent
 
-from tests.support import mysql_url
+from tests.support.mysql import mysql_url
 
 BATCH_MAX = 4000  # rows per transaction at most, as the mysql handler's batches
 SWITCH_INTERVAL_S = 0.0005  # as the aesop worker's: at 5 ms, the applier waits for the GIL

@@ -74,7 +74,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import ceiling, load
 from bench.probes import clean_up_run, dumps, percentile, worker_log_tail
-from tests.support import KAFKA, ROOT, SourceSpec, write_config
+from tests.support.config import SourceSpec, write_config
+from tests.support.stack import KAFKA, ROOT
 
 RESULTS = ROOT / "bench" / "results.json"  # shared with the other benchmarks: key below
 RESULTS_KEY = "consumer_latency"  # relay_bench has "latency" (commit to Kafka)

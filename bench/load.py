@@ -10,7 +10,7 @@ from typing import Any
 
 import pymysql
 
-from tests.support import mysql_url
+from tests.support.mysql import mysql_url
 
 COLUMNS = "id, n, big, name, amount, at, score"
 TABLE_SQL = (

@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from kazoo.client import KazooClient
 
-from tests.support import KAFKA, ZOOKEEPER
+from tests.support.stack import KAFKA, ZOOKEEPER
 
 _LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 

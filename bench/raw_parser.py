@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from pymysqlreplication import BinLogStreamReader, event, row_event
 
-from tests.support import mysql_url
+from tests.support.mysql import mysql_url
 
 ROW_EVENTS = (row_event.WriteRowsEvent, row_event.UpdateRowsEvent, row_event.DeleteRowsEvent)
 

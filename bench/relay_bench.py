@@ -35,7 +35,9 @@ from bench.probes import (
     percentile,
     worker_log_tail,
 )
-from tests.support import ROOT, ZOOKEEPER, SourceSpec, Worker, write_config
+from tests.support.config import SourceSpec, write_config
+from tests.support.stack import ROOT, ZOOKEEPER
+from tests.support.workers import Worker
 
 RESULTS = ROOT / "bench" / "results.json"
 READING = "relay bench: reading"

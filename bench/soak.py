@@ -52,16 +52,11 @@ from bench.soak_faults import (
 )
 from bench.soak_kafka import TopicTail, group_offsets, quiet_aiokafka
 from bench.soak_load import Load, create_databases, drop_databases
-from tests.support import (
-    KAFKA,
-    ROOT,
-    SourceSpec,
-    Stack,
-    delete_topics_starting_with,
-    free_port,
-    master_position,
-    zk_delete,
-)
+from tests.support.config import SourceSpec
+from tests.support.kafka import delete_topics_starting_with
+from tests.support.mysql import master_position
+from tests.support.stack import KAFKA, ROOT, Stack, free_port
+from tests.support.zookeeper import zk_delete
 
 SERVICES = {"MariaDB": 3306, "ZooKeeper": 2181, "Kafka": 9092}
 SOURCE = "soak"
@@ -479,7 +474,7 @@ def remove_local_data(app_id: str) -> None:
 
 
 def read_dlq(consumer: str) -> list[Any]:
-    from tests.support import read_topic
+    from tests.support.kafka import read_topic
 
     return read_topic(f"{consumer}.dlq", lambda messages: False, timeout=3)
 

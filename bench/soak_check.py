@@ -28,7 +28,7 @@ from bench.soak_load import (
     connect,
     first_after,
 )
-from tests.support import binlog_transactions
+from tests.support.mysql import binlog_transactions
 
 DUPLICATE_WINDOW_S = 180.0  # a crash's re-published events arrive within this of the kill
 EXAMPLES = 5

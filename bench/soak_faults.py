@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import Stack, Worker
+from tests.support.stack import Stack
+from tests.support.workers import Worker
 
 KINDS = ("kill9", "sigterm", "mariadb", "kafka", "zookeeper", "kill9_in_kafka")
 CRASHES = frozenset({"kill9", "kill9_in_kafka"})

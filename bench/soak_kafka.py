@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.support import KAFKA
+from tests.support.stack import KAFKA
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pymysql
 
-from tests.support import mysql_url
+from tests.support.mysql import mysql_url
 
 SCHEMA = {
     "items": "id INT PRIMARY KEY, name VARCHAR(40) NOT NULL, qty INT NOT NULL, doc JSON",

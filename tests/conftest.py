@@ -11,14 +11,12 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from tests.support import (
-    ROOT,
-    Stack,
-    WorkerFactory,
-    delete_topics_starting_with,
-    mysql_url,
-    zk_delete,
-)
+from tests.support.config import ConfigFactory
+from tests.support.kafka import delete_topics_starting_with
+from tests.support.mysql import mysql_url, sql
+from tests.support.stack import ROOT, Stack
+from tests.support.workers import WorkerFactory
+from tests.support.zookeeper import zk_delete
 
 SERVICES = {"MariaDB": 3306, "ZooKeeper": 2181, "Kafka": 9092}
 
@@ -40,6 +38,12 @@ def stack() -> Stack:
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, unique: str) -> ConfigFactory:
+    """Writes the test's aesop TOML under its temporary directory, app id ``t<unique>``."""
+    return ConfigFactory(tmp_path, unique)
 
 
 @pytest.fixture
@@ -70,6 +74,14 @@ def workers(
     factory = WorkerFactory(tmp_path, request.node.name)
     yield factory
     factory.close()
+
+
+@pytest.fixture
+def replica(stack: Stack, unique: str) -> Iterator[str]:
+    """A destination database on the stack's MariaDB, dropped afterwards."""
+    name = f"t_{unique}_replica"
+    yield name
+    sql(f"DROP DATABASE IF EXISTS {name}")
 
 
 # Fixtures that stand for a real server: the local stack's, or a MariaDB a test starts from

@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import random
 import shutil
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 
-from tests.support import (
-    SourceSpec,
-    Worker,
-    WorkerFactory,
+from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.kafka import (
     act_then_wait_for_messages,
-    binlog_transactions,
     count_then_settle,
-    data_dir,
     delete_topics,
-    identities,
-    master_position,
-    mysql_url,
     read_topic,
-    sql,
-    wait_until,
-    write_config,
-    zk_get,
 )
+from tests.support.load import Writer, assert_exactly_once, create_numbers
+from tests.support.mysql import binlog_transactions, master_position, sql
+from tests.support.stack import wait_until
+from tests.support.workers import Worker, WorkerFactory, data_dir
+from tests.support.zookeeper import zk_get
 
 SOURCE = "shop"
 CHECKPOINT_KEYS = {"file", "pos", "gtid", "scn", "row", "ts_ms"}
@@ -100,57 +91,8 @@ def make_relay(workers: WorkerFactory, tmp_path: Path, unique: str, database: st
         start=start,
         topic=f"aesop.t{unique}",
     )
-    config = write_config(tmp_path / "aesop.toml", app_id=app_id, sources=[spec])
+    config = ConfigFactory(tmp_path, unique)(sources=[spec])
     return Relay(workers, config, app_id, spec.topic, start)
-
-
-class Writer(threading.Thread):
-    """Inserts rows numbered 1, 2, 3... in small transactions until told to stop."""
-
-    def __init__(self, database: str, limit: int = 20_000) -> None:
-        super().__init__(name="writer", daemon=True)
-        self.database = database
-        self.limit = limit
-        self.written = 0
-        self.error: BaseException | None = None
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        try:
-            with pymysql.connect(**mysql_url(self.database).connect_args()) as conn:
-                cur = conn.cursor()
-                while not self._halt.is_set() and self.written < self.limit:
-                    rows = random.randint(1, 4)
-                    numbers = range(self.written + 1, self.written + rows + 1)
-                    cur.execute(
-                        "INSERT INTO numbers (n, pad) VALUES "
-                        + ", ".join(f"({n}, 'row {n}')" for n in numbers)
-                    )
-                    conn.commit()
-                    self.written += rows
-                    time.sleep(0.005)
-        except BaseException as exc:
-            self.error = exc
-
-    def finish(self) -> int:
-        self._halt.set()
-        self.join(30)
-        assert not self.is_alive() and self.error is None, self.error
-        return self.written
-
-
-def create_numbers(database: str) -> None:
-    sql(f"CREATE TABLE {database}.numbers (n INT PRIMARY KEY, pad VARCHAR(50))")
-
-
-def assert_exactly_once(messages: list[dict[str, Any]], written: int) -> None:
-    ids = identities(messages)
-    duplicates = [ident for ident, count in Counter(ids).items() if count > 1]
-    assert not duplicates, f"{len(duplicates)} (scn, row) published twice, e.g. {duplicates[:3]}"
-    numbers = sorted(m["value"]["after"]["n"] for m in messages)
-    missing = sorted(set(range(1, written + 1)) - set(numbers))
-    assert not missing, f"{len(missing)} rows never published, e.g. {missing[:5]}"
-    assert numbers == list(range(1, written + 1))
 
 
 def stop_inside_one_insert(relay: Relay, database: str, low: int, rows: int) -> dict[str, Any]:
@@ -214,12 +156,12 @@ def test_clean_restarts_under_load_publish_each_change_once(workers, tmp_path, u
     writer = Writer(database)
     writer.start()
     for _ in range(2):
-        time.sleep(1.5)
+        writer.write_more(500)
         relay.stop()
-        time.sleep(0.5)  # changes committed while no worker runs
+        writer.write_more(200)  # changes committed while no worker runs
         relay.run()
         assert relay.origin() == "table"
-    time.sleep(1.0)
+    writer.write_more(400)
     written = writer.finish()
     assert written > 200, "the writer made too little load to test anything"
     assert_exactly_once(relay.messages(written), written)
@@ -262,17 +204,17 @@ def test_kill_9_under_load_loses_nothing(workers, tmp_path, unique, database):
     relay.run()
     writer = Writer(database)
     writer.start()
-    time.sleep(2.0)
+    writer.write_more(800)
     relay.kill()
     # What the table held when the worker died, and its (lazier) ZooKeeper mirror.
     stored = relay.stored_in_changelog()
     mirrored = zk_get(relay.zk_path)
     assert mirrored is not None
     assert (mirrored["scn"], mirrored["row"]) <= (stored["scn"], stored["row"])
-    time.sleep(0.5)
+    writer.write_more(200)
     relay.run()
     assert relay.origin() == "table"
-    time.sleep(1.5)
+    writer.write_more(600)
     written = writer.finish()
     messages = relay.messages(written)
     numbers = sorted({m["value"]["after"]["n"] for m in messages})
@@ -296,7 +238,7 @@ def test_wiped_table_resumes_from_zookeeper(workers, tmp_path, unique, database)
     relay.run()
     writer = Writer(database)
     writer.start()
-    time.sleep(2.0)
+    writer.write_more(800)
     relay.stop()
     mirrored = zk_get(relay.zk_path)
     assert mirrored == relay.stored_in_changelog(), "a clean stop leaves the mirror current"
@@ -304,7 +246,7 @@ def test_wiped_table_resumes_from_zookeeper(workers, tmp_path, unique, database)
     shutil.rmtree(data_dir(tmp_path, relay.app_id), ignore_errors=True)
     relay.run()
     assert relay.origin() == "zookeeper"
-    time.sleep(1.5)
+    writer.write_more(600)
     written = writer.finish()
     assert_exactly_once(relay.messages(written), written)
     # The table is written again from the resumed relay.

@@ -17,30 +17,19 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from tests.support import (
-    KAFKA,
-    SourceSpec,
-    Worker,
-    WorkerFactory,
-    free_port,
-    master_position,
-    mysql_url,
-    sql,
-    wait_until,
-    write_config,
-)
-from tests.test_mysql_handler import (
+from tests.support.config import SourceSpec
+from tests.support.mysql import in_one_transaction, master_position, mysql_url, server_id, sql
+from tests.support.replica import (
     SCHEMA,
     assert_converges,
     consumer_toml,
     create_schema,
-    replica,  # noqa: F401  (fixture)
-    restart,
     retry_lines,
     rows_of,
 )
-from tests.test_preflight import start_private_server
-from tests.test_relay import in_one_transaction, server_id
+from tests.support.servers import restart, start_private_server
+from tests.support.stack import KAFKA, free_port, wait_until
+from tests.support.workers import Worker, WorkerFactory
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
@@ -134,7 +123,8 @@ def test_workers_share_a_consumer_and_take_over_from_a_killed_one(
     tmp_path: Path,
     unique: str,
     database: str,
-    replica: str,  # noqa: F811
+    replica: str,
+    make_config,
 ) -> None:
     source = (mysql_url().connect_args(), database)
     destination = (mysql_url().connect_args(), replica)
@@ -146,9 +136,7 @@ def test_workers_share_a_consumer_and_take_over_from_a_killed_one(
         "INSERT INTO items VALUES " + ",".join(f"({i}, 'seed', {i})" for i in range(200)),
         database=database,
     )
-    config = write_config(
-        tmp_path / "aesop.toml",
-        app_id=f"t{unique}",
+    config = make_config(
         sources=[spec],
         extra=consumer_toml(consumer, topic, f"mysql://root@127.0.0.1:3306/{replica}"),
         partitions=PARTITIONS,
@@ -191,7 +179,8 @@ def test_a_rebalance_while_the_replica_is_down_applies_nothing_stale(
     tmp_path: Path,
     unique: str,
     database: str,
-    replica: str,  # noqa: F811
+    replica: str,
+    make_config,
 ) -> None:
     """A worker retrying a batch whose partitions move to another worker must not write it
     after the new owner has written newer changes of the same rows."""
@@ -202,9 +191,7 @@ def test_a_rebalance_while_the_replica_is_down_applies_nothing_stale(
         create_schema(target, replica, TABLES)
         topic, consumer = f"aesop.t{unique}", f"t{unique}-replica"
         spec = SourceSpec("shop", [f"{database}.*"], server_id(), master_position(), topic)
-        config = write_config(
-            tmp_path / "aesop.toml",
-            app_id=f"t{unique}",
+        config = make_config(
             sources=[spec],
             extra=consumer_toml(consumer, topic, f"{server.url()}/{replica}"),
             partitions=PARTITIONS,

@@ -15,20 +15,12 @@ import pymysql
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.support import (
-    KAFKA,
-    SourceSpec,
-    WorkerFactory,
-    count_then_settle,
-    lose_relay_position,
-    master_position,
-    mysql_url,
-    read_topic,
-    sql,
-    wait_until,
-    write_config,
-    zk_get,
-)
+from tests.support.config import ConfigFactory, SourceSpec, write_config
+from tests.support.kafka import count_then_settle, read_topic
+from tests.support.mysql import master_position, mysql_url, sql
+from tests.support.stack import KAFKA, wait_until
+from tests.support.workers import WorkerFactory, lose_relay_position
+from tests.support.zookeeper import zk_get
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
@@ -98,7 +90,7 @@ def assert_key_order(seen: list[dict[str, Any]]) -> None:
 
 
 def test_one_consumer_reads_two_relays_in_key_order_sync_async_and_batch(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, make_config: ConfigFactory
 ) -> None:
     second = f"{database}_b"
     sql(f"CREATE DATABASE {second}")
@@ -109,7 +101,7 @@ def test_one_consumer_reads_two_relays_in_key_order_sync_async_and_batch(
         extra = consumer_toml(f"{app_id}-sync", topics, f"{HANDLERS}:record")
         extra += consumer_toml(f"{app_id}-async", topics, f"{HANDLERS}:record_async")
         extra += consumer_toml(f"{app_id}-batch", topics, f"{HANDLERS}:RecordBatches")
-        config = write_config(tmp_path / "aesop.toml", app_id, specs, extra=extra)
+        config = make_config(specs, extra=extra)
         out = tmp_path / "seen.jsonl"
         worker = workers.start(config, env={"AESOP_TEST_RECORD": str(out)})
         worker.wait_for_log("relay a: reading")
@@ -161,9 +153,7 @@ def recording_config(tmp_path: Path, unique: str, database: str) -> tuple[Path, 
     app_id = f"t{unique}"
     topic = f"aesop.t{unique}"
     extra = consumer_toml(f"{app_id}-rec", [topic], f"{HANDLERS}:record")
-    config = write_config(
-        tmp_path / "aesop.toml", app_id, [source_spec("s", database, topic)], extra=extra
-    )
+    config = ConfigFactory(tmp_path, unique)([source_spec("s", database, topic)], extra=extra)
     return config, app_id, topic
 
 
@@ -223,15 +213,13 @@ async def _produce(topic: str, messages: list[tuple[bytes | None, bytes]]) -> No
 
 
 def test_bad_messages_and_rejected_changes_are_dead_lettered_transient_errors_retried(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, make_config: ConfigFactory
 ) -> None:
     app_id = f"t{unique}"
     topic = f"aesop.t{unique}"
     extra = consumer_toml(f"{app_id}-strict", [topic], f"{HANDLERS}:reject_bad")
     extra += consumer_toml(f"{app_id}-flaky", [topic], f"{HANDLERS}:flaky")
-    config = write_config(
-        tmp_path / "aesop.toml", app_id, [source_spec("s", database, topic)], extra=extra
-    )
+    config = make_config([source_spec("s", database, topic)], extra=extra)
     out = tmp_path / "seen.jsonl"
     gate = tmp_path / "gate"
     gate.touch()
@@ -293,14 +281,12 @@ def test_bad_messages_and_rejected_changes_are_dead_lettered_transient_errors_re
 
 
 def test_route_republishes_per_table_with_tombstones(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, make_config: ConfigFactory
 ) -> None:
     app_id = f"t{unique}"
     topic = f"aesop.t{unique}"
     extra = consumer_toml(f"{app_id}-route", [topic], "route", "tombstones = true\n")
-    config = write_config(
-        tmp_path / "aesop.toml", app_id, [source_spec("s", database, topic)], extra=extra
-    )
+    config = make_config([source_spec("s", database, topic)], extra=extra)
     worker = workers.start(config)
     worker.wait_for_log("relay s: reading")
     sql(
@@ -339,7 +325,8 @@ def test_route_republishes_per_table_with_tombstones(
 def test_check_and_worker_reject_a_handler_or_destination_they_cannot_use(
     stack: Any, tmp_path: Path, unique: str
 ) -> None:
-    from tests.test_preflight import BIN, aesop_check, assert_one_error, run
+    from tests.support.servers import BIN
+    from tests.test_preflight import aesop_check, assert_one_error, run
 
     app_id = f"t{unique}"
     topics = [f"aesop.t{unique}"]

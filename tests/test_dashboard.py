@@ -18,14 +18,10 @@ import pytest
 from app.settings import load as load_settings
 from bench.load import TABLE_SQL, SteadyLoad
 from tests.browser import Chromium
-from tests.support import (
-    ROOT,
-    SourceSpec,
-    WorkerFactory,
-    master_position,
-    sql,
-    write_config,
-)
+from tests.support.config import SourceSpec, write_config
+from tests.support.mysql import master_position, sql
+from tests.support.stack import ROOT
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
@@ -307,7 +303,9 @@ async def test_dashboard_under_load_matches_lag_with_threshold_colours_and_live_
                 await asyncio.sleep(1.0)
             times = [s["ts_ms"] for s in history["samples"]]
             assert len(times) >= 2
-            assert all(8_000 <= b - a <= 13_000 for a, b in itertools.pairwise(times)), times
+            # One sample per 10 s: never two close together; a loaded machine may run one
+            # late (a 14 s gap was seen with two soaks beside the tests), never skip one.
+            assert all(8_000 <= b - a <= 19_000 for a, b in itertools.pairwise(times)), times
             assert later, f"no history sample since {red_since_ms}: {times}"
             assert {s["consumers"][held]["status"] for s in later} == {"critical"}, later
     finally:

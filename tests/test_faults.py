@@ -16,21 +16,12 @@ import pymysql
 import pytest
 
 from app.retry import RECONNECT
-from tests.support import (
-    ROOT,
-    SourceSpec,
-    Stack,
-    Worker,
-    WorkerFactory,
-    count_then_settle,
-    master_position,
-    mysql_url,
-    read_topic,
-    sql,
-    wait_until,
-    write_config,
-    zk_get,
-)
+from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.kafka import count_then_settle, read_topic
+from tests.support.mysql import master_position, mysql_url, sql
+from tests.support.stack import ROOT, Stack, wait_until
+from tests.support.workers import Worker, WorkerFactory
+from tests.support.zookeeper import zk_get
 
 RATE = 200  # rows per second
 TABLE = "steady"
@@ -130,9 +121,7 @@ def start_worker(
 ) -> tuple[Worker, str, str]:
     """A worker relaying ``database`` from the current binlog position: (worker, app id, topic)."""
     app_id, topic = f"t{unique}", f"aesop.t{unique}"
-    config = write_config(
-        tmp_path / "aesop.toml",
-        app_id=app_id,
+    config = ConfigFactory(tmp_path, unique)(
         sources=[
             SourceSpec(
                 name="src",
@@ -141,7 +130,7 @@ def start_worker(
                 start=master_position(),
                 topic=topic,
             )
-        ],
+        ]
     )
     worker = workers.start(config)
     worker.wait_for_log("relay src: reading", timeout=90)
@@ -411,7 +400,12 @@ def restart_mariadb(stack: Stack) -> str:
 
 
 def test_a_restarted_server_reusing_a_table_id_never_decodes_rows_as_another_table(
-    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    stack: Stack,
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    database: str,
+    make_config: ConfigFactory,
 ) -> None:
     """MariaDB numbers tables afresh after a restart. A relay resuming in the file before
     the restart reads ``pair``'s table map there, then rows of an excluded table that got
@@ -422,10 +416,10 @@ def test_a_restarted_server_reusing_a_table_id_never_decodes_rows_as_another_tab
         *(f"CREATE TABLE {database}.x{i} (k BIGINT PRIMARY KEY, note TEXT, n DOUBLE)"
           for i in range(80)),
     )  # fmt: skip
-    app_id, topic = f"t{unique}", f"aesop.t{unique}"
+    topic = f"aesop.t{unique}"
     spec = SourceSpec("src", [f"{database}.*"], int(unique, 16) % 1_000_000 + 100_000,
                       master_position(), topic, exclude=[f"{database}.x*"])  # fmt: skip
-    config = write_config(tmp_path / "aesop.toml", app_id=app_id, sources=[spec])
+    config = make_config(sources=[spec])
     worker = workers.start(config)
     worker.wait_for_log("relay src: reading", timeout=90)
     sql("INSERT INTO pair VALUES (1, 1, 'one')", database=database)
@@ -566,6 +560,7 @@ def test_changes_flow_again_within_10s_of_an_outage_at_relay_and_consumer(
     database: str,
     service: str,
     down_s: int,
+    make_config,
 ) -> None:
     """Under a steady load, with a ``mysql`` consumer: the first row committed once the service
     is back reaches Kafka, then the replica, within 10 s; in the end the replica is complete."""
@@ -577,7 +572,7 @@ def test_changes_flow_again_within_10s_of_an_outage_at_relay_and_consumer(
                       master_position(), topic)  # fmt: skip
     extra = (f'\n[[consumer]]\nname = "{app_id}-replica"\ntopics = ["{topic}"]\n'
              f'handler = "mysql"\nmysql = "mysql://root@127.0.0.1:3306/{replica}"\n')  # fmt: skip
-    config = write_config(tmp_path / "aesop.toml", app_id=app_id, sources=[spec], extra=extra)
+    config = make_config(sources=[spec], extra=extra)
     worker = workers.start(config)
     worker.wait_for_log("relay src: reading", timeout=90)
 

@@ -11,8 +11,6 @@ import email
 import ipaddress
 import random
 import re
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,18 +24,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.support import (
-    KAFKA,
-    ROOT,
-    SourceSpec,
-    WorkerFactory,
-    free_port,
-    master_position,
-    sql,
-    wait_until,
-    write_config,
-    zk_get,
-)
+from tests.support.cli import aesop_lag, get, lag_json
+from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.mysql import master_position, sql
+from tests.support.stack import KAFKA, free_port, wait_until
+from tests.support.workers import WorkerFactory
+from tests.support.zookeeper import zk_get
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
@@ -119,26 +111,6 @@ def source(name: str, database: str, topic: str, mysql: str | None = None) -> So
     return spec
 
 
-def aesop_lag(config: Path, *args: str, env: dict[str, str] | None = None) -> Any:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", "--config", str(config), "lag", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def lag_json(config: Path, *args: str) -> tuple[dict[str, Any], Any]:
-    done = aesop_lag(config, "--json", *args)
-    assert "Traceback" not in done.stderr, done.stderr
-    return orjson.loads(done.stdout), done
-
-
 def end_offsets(topic: str) -> dict[int, int]:
     async def read() -> dict[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
@@ -173,14 +145,6 @@ def web_port(config: Path) -> int:
     match = re.search(r"^web_port = (\d+)$", config.read_text(), re.M)
     assert match is not None
     return int(match.group(1))
-
-
-def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as answer:
-            return answer.status, orjson.loads(answer.read())
-    except urllib.error.HTTPError as answer:
-        return answer.code, orjson.loads(answer.read())
 
 
 def answered(port: int, path: str, reading: str) -> tuple[int, dict[str, Any]] | None:
@@ -221,14 +185,14 @@ def assert_partitions_match_zookeeper_and_kafka(
 
 
 def test_aesop_lag_with_no_worker_reads_zookeeper_mysql_and_kafka_and_exits_by_the_limit(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, make_config: ConfigFactory
 ) -> None:
     app_id, topic = f"t{unique}", f"aesop.t{unique}"
     zk_root = f"/aesop-test/{app_id}"
     extra = consumer_toml(f"{app_id}-c", topic)
     # The source is not read once the worker stops; that is reported after an hour here.
     extra += "\n[lag]\nwarn_seconds = 30\ncritical_seconds = 120\nunread_seconds = 3600\n"
-    config = write_config(tmp_path / "aesop.toml", app_id, [source("a", database, topic)], extra)
+    config = make_config([source("a", database, topic)], extra)
     out = tmp_path / "seen.jsonl"
     worker = workers.start(config, env={"AESOP_TEST_RECORD": str(out)})
     worker.wait_for_log("relay a: reading")
@@ -312,13 +276,11 @@ def test_aesop_lag_with_no_worker_reads_zookeeper_mysql_and_kafka_and_exits_by_t
 
 
 def test_aesop_lag_names_each_unreachable_service_and_exits_3(
-    tmp_path: Path, unique: str, database: str
+    tmp_path: Path, unique: str, database: str, make_config: ConfigFactory
 ) -> None:
     closed = free_port()
     spec = source("gone", database, f"aesop.t{unique}", mysql=f"mysql://root@127.0.0.1:{closed}")
-    config = write_config(
-        tmp_path / "aesop.toml", f"t{unique}", [spec], zookeeper=f"127.0.0.1:{free_port()}"
-    )
+    config = make_config([spec], zookeeper=f"127.0.0.1:{free_port()}")
     text = config.read_text().replace(KAFKA, f"127.0.0.1:{free_port()}")
     config.write_text(text + consumer_toml(f"t{unique}-c", f"aesop.t{unique}"))
     started = time.monotonic()
@@ -337,7 +299,7 @@ def test_aesop_lag_names_each_unreachable_service_and_exits_3(
 
 
 def test_aesop_lag_email_through_starttls_and_login(
-    tmp_path: Path, unique: str, database: str
+    tmp_path: Path, unique: str, database: str, make_config: ConfigFactory
 ) -> None:
     import ssl
 
@@ -365,10 +327,7 @@ def test_aesop_lag_email_through_starttls_and_login(
     server.start()
     try:
         extra = smtp_toml(port, 'starttls = true\nuser = "aesop"\npassword = "s3cret"\n')
-        config = write_config(
-            tmp_path / "aesop.toml", f"t{unique}", [source("a", database, f"aesop.t{unique}")],
-            extra,
-        )  # fmt: skip
+        config = make_config([source("a", database, f"aesop.t{unique}")], extra)  # fmt: skip
         trust = {"SSL_CERT_FILE": str(cert)}
         done = aesop_lag(config, "--email", env=trust)
         assert done.returncode == 0, done.stderr
@@ -393,7 +352,7 @@ def test_aesop_lag_email_through_starttls_and_login(
         assert "Traceback" not in refused.stderr and len(inbox.messages) == 1
     finally:
         server.stop()
-    missing = write_config(tmp_path / "none.toml", f"t{unique}", [])
+    missing = make_config([], name="none.toml")
     done = aesop_lag(missing, "--email")
     assert done.returncode == 1
     assert done.stderr == f"aesop: {missing}: no [smtp] section; add one to send the lag by email\n"
@@ -403,7 +362,7 @@ def test_aesop_lag_email_through_starttls_and_login(
 
 
 def test_worker_health_lag_and_scheduled_email(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, make_config: ConfigFactory
 ) -> None:
     app_id, topic = f"t{unique}", f"aesop.t{unique}"
     zk_root = f"/aesop-test/{app_id}"
@@ -414,9 +373,7 @@ def test_worker_health_lag_and_scheduled_email(
     try:
         extra = consumer_toml(f"{app_id}-c", topic)
         extra += smtp_toml(smtp_port, 'schedule = "* * * * * */3"\n')
-        config = write_config(
-            tmp_path / "aesop.toml", app_id, [source("a", database, topic)], extra
-        )
+        config = make_config([source("a", database, topic)], extra)
         out = tmp_path / "seen.jsonl"
         worker = workers.start(config, env={"AESOP_TEST_RECORD": str(out)})
         port = web_port(config)
@@ -458,15 +415,14 @@ def test_worker_health_lag_and_scheduled_email(
 
 
 def test_health_is_503_naming_a_source_whose_mysql_is_unreachable(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, make_config: ConfigFactory
 ) -> None:
-    app_id = f"t{unique}"
     closed = free_port()
     specs = [
         source("good", database, f"aesop.t{unique}.good"),
         source("gone", database, f"aesop.t{unique}.gone", f"mysql://root@127.0.0.1:{closed}"),
     ]
-    config = write_config(tmp_path / "aesop.toml", app_id, specs)
+    config = make_config(specs)
     worker = workers.start(config)
     port = web_port(config)
     worker.wait_for_log("relay good: reading")

@@ -21,19 +21,11 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.support import (
-    KAFKA,
-    ROOT,
-    SourceSpec,
-    WorkerFactory,
-    binlog_transactions,
-    free_port,
-    master_position,
-    read_topic,
-    sql,
-    wait_until,
-    write_config,
-)
+from tests.support.config import SourceSpec
+from tests.support.kafka import read_topic
+from tests.support.mysql import binlog_transactions, master_position, sql
+from tests.support.stack import KAFKA, ROOT, free_port, wait_until
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
@@ -172,7 +164,12 @@ async def produce(topic: str, messages: list[tuple[bytes | None, bytes, int | No
 
 
 def test_prometheus_scrapes_the_workers_series(
-    workers: WorkerFactory, prometheus_factory: Any, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory,
+    prometheus_factory: Any,
+    tmp_path: Path,
+    unique: str,
+    database: str,
+    make_config,
 ) -> None:
     app_id = f"t{unique}"
     topic = f"aesop.t{unique}"
@@ -188,7 +185,7 @@ def test_prometheus_scrapes_the_workers_series(
         f'\n[[consumer]]\nname = "{consumer}"\ntopics = ["{topic}"]\n'
         'handler = "tests.sample_handlers:flaky"\n'
     )
-    config = write_config(tmp_path / "aesop.toml", app_id, [spec], extra=extra)
+    config = make_config([spec], extra=extra)
     web_port = next(
         int(line.split("=")[1]) for line in config.read_text().splitlines()
         if line.startswith("web_port")

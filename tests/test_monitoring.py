@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.support import ROOT
+from tests.support.stack import ROOT
 
 # promtool and amtool come with the local stack (`make up`).
 pytestmark = pytest.mark.stack

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
 import time
 import tomllib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,49 +17,26 @@ import pytest
 
 from agents.handlers import Change, EventFailed
 from agents.mysql import MySQLHandler
-from agents.mysql_sql import quote
 from app.settings import ConsumerSettings, MySQLURL
-from tests.support import (
-    KAFKA,
-    SourceSpec,
-    Worker,
-    WorkerFactory,
-    count_then_settle,
-    delete_topics,
-    free_port,
-    lose_relay_position,
-    master_position,
-    mysql_url,
-    read_topic,
-    sql,
-    wait_until,
-    write_config,
-    zk_delete,
-    zk_get,
+from tests.support.cli import get
+from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.kafka import count_then_settle, delete_topics, read_topic
+from tests.support.mysql import in_one_transaction, master_position, mysql_url, server_id, sql
+from tests.support.replica import (
+    SCHEMA,
+    assert_converges,
+    consumer_toml,
+    create_schema,
+    retry_lines,
+    rows_of,
 )
-from tests.test_lag import get
-from tests.test_preflight import PrivateServer, start_private_server
-from tests.test_relay import in_one_transaction, server_id
+from tests.support.servers import restart, start_private_server
+from tests.support.stack import KAFKA, free_port, wait_until
+from tests.support.workers import Worker, WorkerFactory, lose_relay_position
+from tests.support.zookeeper import zk_delete, zk_get
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
-SCHEMA = {
-    "items": "id INT PRIMARY KEY, name VARCHAR(40), qty INT",
-    "order_lines": (
-        "order_id INT, line INT, sku VARCHAR(20) CHARACTER SET latin1, amount DECIMAL(10,2),"
-        " PRIMARY KEY (order_id, line)"
-    ),
-    "log": "at DATETIME(6), msg VARCHAR(50), n INT",
-    "wide": (
-        "id BIGINT UNSIGNED PRIMARY KEY, d DECIMAL(65,30), f FLOAT, g DOUBLE,"
-        " dt DATETIME(6), ts TIMESTAMP(4) NULL DEFAULT NULL, tm TIME(6), da DATE, y YEAR,"
-        " zd DATE, zdt DATETIME, b1 BIT(1), b13 BIT(13), b64 BIT(64),"
-        " e ENUM('a','b','c'), s SET('x','y','z'), j JSON,"
-        " bl BLOB, bi BINARY(4), vb VARBINARY(10), emoji VARCHAR(20) CHARACTER SET utf8mb4,"
-        " l1 VARCHAR(20) CHARACTER SET latin1, gb VARCHAR(20) CHARACTER SET gbk,"
-        " u2 VARCHAR(20) CHARACTER SET ucs2, geo GEOMETRY, n INT, t TEXT"
-    ),
-}
 
 WIDE_ROWS = [
     "(18446744073709551615, '99999999999999999999999999999999999.999999999999999999999999999999',"
@@ -86,65 +61,6 @@ WIDE_ROWS = [
 ]
 
 
-def create_schema(connect: dict[str, Any], database: str, schema: dict[str, str]) -> None:
-    with pymysql.connect(**connect, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {database} CHARACTER SET utf8mb4")
-        for table, columns in schema.items():
-            cur.execute(f"CREATE TABLE {database}.{table} ({columns})")
-
-
-def rows_of(connect: dict[str, Any], database: str) -> dict[str, Any]:
-    """Every table's rows, sorted by all columns, and its CHECKSUM TABLE."""
-    found: dict[str, Any] = {}
-    with pymysql.connect(**connect, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute("SET time_zone = '+00:00'")
-        cur.execute(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
-            " AND TABLE_NAME != 'aesop_offsets'",  # the handler's own, in the destination
-            (database,),
-        )
-        for (table,) in cur.fetchall():
-            cur.execute(f"SELECT * FROM {database}.{quote(table)}")
-            rows = sorted(cur.fetchall(), key=lambda row: [(v is not None, str(v)) for v in row])
-            cur.execute(f"CHECKSUM TABLE {database}.{quote(table)}")
-            found[table] = (rows, cur.fetchone()[1])
-    return found
-
-
-def assert_converges(
-    source: tuple[dict[str, Any], str], destination: tuple[dict[str, Any], str], timeout: float
-) -> dict[str, Any]:
-    """Wait until every destination table equals its source table; fail with the difference."""
-    last: list[Any] = []
-
-    def same() -> bool:
-        want, got = rows_of(*source), rows_of(*destination)
-        last[:] = [want, got]
-        return want == got
-
-    try:
-        wait_until(same, timeout, "the destination to equal the source", every=0.5)
-    except AssertionError:
-        want, got = last
-        for table in sorted(set(want) | set(got)):
-            source_rows = set(map(repr, want.get(table, [[]])[0]))
-            replica_rows = set(map(repr, got.get(table, [[]])[0]))
-            assert got.get(table) == want.get(table), (
-                f"table {table} differs: only in the source "
-                f"{sorted(source_rows - replica_rows)[:10]}"
-                f", only in the replica {sorted(replica_rows - source_rows)[:10]}"
-            )
-        raise
-    return last[0]  # type: ignore[no-any-return]
-
-
-def consumer_toml(name: str, topic: str, url: str) -> str:
-    return (
-        f'\n[[consumer]]\nname = "{name}"\ntopics = ["{topic}"]\nhandler = "mysql"\n'
-        f'mysql = "{url}"\n'
-    )
-
-
 def start_worker(
     workers: WorkerFactory,
     tmp_path: Path,
@@ -158,23 +74,12 @@ def start_worker(
     topic = f"aesop.t{unique}"
     consumer = f"t{unique}-replica"
     spec = SourceSpec("shop", [f"{database}.*"], server_id(), master_position(), topic)
-    config = write_config(
-        tmp_path / "aesop.toml",
-        app_id=f"t{unique}",
-        sources=[spec],
-        extra=consumer_toml(consumer, topic, destination_url) + extra,
+    config = ConfigFactory(tmp_path, unique)(
+        sources=[spec], extra=consumer_toml(consumer, topic, destination_url) + extra
     )
     worker = workers.start(config)
     worker.wait_for_log("relay shop: reading")
     return worker, consumer
-
-
-@pytest.fixture
-def replica(stack: Any, unique: str) -> Iterator[str]:
-    """A destination database on the stack's MariaDB, dropped afterwards."""
-    name = f"t_{unique}_replica"
-    yield name
-    sql(f"DROP DATABASE IF EXISTS {name}")
 
 
 def workload(database: str, base: int = 0) -> None:
@@ -248,34 +153,6 @@ def test_replica_equals_the_source_row_for_row(
     assert all(checksum is not None for _, checksum in tables.values())
     dlq = read_topic(f"t{unique}-replica.dlq", lambda messages: False, timeout=3)
     assert dlq == []
-
-
-def restart(server: PrivateServer) -> PrivateServer:
-    """Start a stopped private server again: same command, data directory and port."""
-    with (server.base / "mariadbd.out").open("ab") as out:
-        proc = subprocess.Popen(
-            server.proc.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
-    again = PrivateServer(server.base, server.port, proc)
-    wait_until(lambda: connectable(again), 60, "the replica server to accept connections")
-    return again
-
-
-def connectable(server: PrivateServer) -> bool:
-    try:
-        server.sql("SELECT 1")
-    except pymysql.err.OperationalError:
-        assert server.proc.poll() is None, server.log()
-        return False
-    return True
-
-
-def retry_lines(worker: Worker, consumer: str) -> list[str]:
-    return [
-        line
-        for line in worker.log().splitlines()
-        if f"consumer {consumer}: " in line and "; retrying in " in line
-    ]
 
 
 STALLED_S = 5

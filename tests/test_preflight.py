@@ -11,8 +11,6 @@ import logging
 import os
 import random
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,125 +18,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pymysql
 import pytest
 from kazoo.client import KazooClient
 
-from tests.support import (
-    ROOT,
-    ZOOKEEPER,
-    SourceSpec,
-    WorkerFactory,
-    count_at_least,
-    free_port,
-    read_topic,
-    wait_until,
-    write_config,
-    zk_get,
-)
-
-BIN = Path(sys.executable).parent
-MARIADBD = shutil.which("mariadbd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-INSTALL_DB = shutil.which("mariadb-install-db", path=f"{os.environ.get('PATH', '')}:/usr/bin")
-BINLOG_ON = (
-    "--log-bin=mysql-bin",
-    "--server-id=1",
-    "--binlog-format=ROW",
-    "--binlog-row-image=FULL",
-    "--binlog-row-metadata=FULL",
-    "--log-bin-compress=OFF",
-)
-
+from tests.support.cli import relay_state
+from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.kafka import count_at_least, read_topic
+from tests.support.servers import BIN, BINLOG_ON, PrivateServer, start_private_server
+from tests.support.stack import ROOT, ZOOKEEPER, free_port, wait_until
+from tests.support.workers import WorkerFactory
+from tests.support.zookeeper import zk_get
 
 # --- throwaway servers -------------------------------------------------------------------
-
-
-@dataclass
-class PrivateServer:
-    """A mariadbd of this test session on 127.0.0.1:<port>, root with no password."""
-
-    base: Path
-    port: int
-    proc: subprocess.Popen[bytes]
-
-    def url(self, user: str = "root", password: str = "") -> str:
-        secret = f":{password}" if password else ""
-        return f"mysql://{user}{secret}@127.0.0.1:{self.port}"
-
-    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
-        with pymysql.connect(
-            host="127.0.0.1", port=self.port, user="root", autocommit=True
-        ) as conn, conn.cursor() as cur:  # fmt: skip
-            rows: list[tuple[Any, ...]] = []
-            for statement in statements:
-                cur.execute(statement)
-                rows = list(cur.fetchall())
-            return rows
-
-    def position(self) -> tuple[str, int]:
-        file, pos = self.sql("SHOW MASTER STATUS")[0][:2]
-        return str(file), int(pos)
-
-    def log(self) -> str:
-        path = self.base / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        """Stop this server by its pid (SIGTERM, then SIGKILL after 60 s)."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-
-def start_private_server(base: Path, *options: str) -> PrivateServer:
-    """mariadb-install-db a data dir under ``base``, start mariadbd on it, add root@127.0.0.1."""
-    assert MARIADBD and INSTALL_DB, "mariadb-server is not installed (make up installs it)"
-    base.mkdir(parents=True, exist_ok=True)
-    datadir, sock = base / "data", base / "sock"
-    subprocess.run(
-        [INSTALL_DB, "--no-defaults", "--user=root", f"--datadir={datadir}",
-         "--auth-root-authentication-method=normal", "--skip-test-db"],
-        check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
-    )  # fmt: skip
-    port = free_port()
-    out = (base / "mariadbd.out").open("ab")
-    proc = subprocess.Popen(
-        [MARIADBD, "--no-defaults", f"--datadir={datadir}", f"--port={port}",
-         "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={base / 'pid'}",
-         "--user=root", "--skip-name-resolve", f"--log-error={base / 'error.log'}",
-         "--innodb-buffer-pool-size=32M", *options],
-        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    out.close()
-    server = PrivateServer(base, port, proc)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            conn = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True)
-            break
-        except pymysql.err.OperationalError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise AssertionError(f"mariadbd in {base} did not start:\n{server.log()}") from None
-            time.sleep(0.2)
-    # As docker/mariadb/bootstrap.sql: with skip-name-resolve a TCP client from 127.0.0.1
-    # matches only root@127.0.0.1.
-    with conn, conn.cursor() as cur:
-        for statement in (
-            "SET sql_log_bin = 0",
-            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'",
-            "ALTER USER 'root'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('')",
-            "GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION",
-        ):
-            cur.execute(statement)
-    return server
 
 
 @pytest.fixture(scope="session")
@@ -246,7 +140,7 @@ def config_for(
         )
         for name, url in sources
     ]
-    return write_config(tmp_path / "aesop.toml", f"t{unique}", specs, zookeeper=zookeeper)
+    return ConfigFactory(tmp_path, unique)(specs, zookeeper=zookeeper)
 
 
 def source_error(name: str) -> str:
@@ -515,7 +409,9 @@ def test_worker_stops_at_a_purged_checkpoint_with_the_checks_error(
         check_line = assert_one_error(aesop_check(config), 1, source_error("shop"))
         worker = workers.start(config)
         worker.wait_for_log("is no longer on the server", timeout=90)
-        time.sleep(3)  # time enough to start reading from somewhere else, if it were to
+        # Failed is where the relay stays (it tries again after FAILED_RETRY_S, 60 s): had it
+        # started reading from somewhere else, it would say reading.
+        wait_until(lambda: relay_state(config, "shop") == "failed", 30, "the relay to fail")
         log = worker.log()
     errors = lines_with(log, "is no longer on the server")
     assert len(errors) == 1, errors
@@ -593,7 +489,11 @@ def test_worker_logs_each_failed_preflight_in_one_line_and_recovers(
 
 
 def test_worker_relays_as_a_user_with_only_the_checked_privileges(
-    binlog_server: PrivateServer, workers: WorkerFactory, tmp_path: Path, unique: str
+    binlog_server: PrivateServer,
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    make_config: ConfigFactory,
 ) -> None:
     """What the check passes must also work: REPLICATION SLAVE + CLIENT are enough to relay."""
     server, db = binlog_server, f"t_{unique}"
@@ -604,7 +504,7 @@ def test_worker_relays_as_a_user_with_only_the_checked_privileges(
         spec = SourceSpec(
             "shop", [f"{db}.*"], 7000 + random.randrange(10**8), f"{file}:{pos}", topic, mysql=url
         )
-        config = write_config(tmp_path / "aesop.toml", f"t{unique}", [spec])
+        config = make_config([spec])
         assert aesop_check(config).code == 0
         worker = workers.start(config)
         worker.wait_for_log("relay shop: reading", timeout=90)
@@ -615,7 +515,11 @@ def test_worker_relays_as_a_user_with_only_the_checked_privileges(
 
 
 def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
-    binlog_server: PrivateServer, workers: WorkerFactory, tmp_path: Path, unique: str
+    binlog_server: PrivateServer,
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    make_config: ConfigFactory,
 ) -> None:
     server, db = binlog_server, f"t_{unique}"
     server.sql(
@@ -629,7 +533,8 @@ def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
         mysql=server.url(),
     )  # fmt: skip
     root = f"/aesop-test/t{unique}"
-    worker = workers.start(write_config(tmp_path / "aesop.toml", f"t{unique}", [spec]))
+    config = make_config([spec])
+    worker = workers.start(config)
     worker.wait_for_log("relay shop: reading", timeout=90)
 
     server.sql(f"INSERT INTO {db}.notes VALUES (1, 'before')")
@@ -649,7 +554,8 @@ def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
     at = f"{boundary[0]}:{compressed[0][1]}"
 
     worker.wait_for_log("COMPRESSED_EVENT", timeout=60)
-    time.sleep(3)  # what would have been published or checkpointed past it, would be by now
+    # Failed: the relay's reader has stopped, so nothing past the event can come after this.
+    wait_until(lambda: relay_state(config, "shop") == "failed", 30, "the relay to fail")
     errors = lines_with(worker.log(), "COMPRESSED_EVENT")
     assert len(errors) == 1, errors  # the next attempt comes after FAILED_RETRY_S (60 s)
     assert re.search(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -10,25 +9,22 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 
-from tests.support import (
+from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.kafka import count_then_settle, read_topic
+from tests.support.mysql import (
     BinlogRows,
     BinlogTransaction,
-    SourceSpec,
-    Worker,
-    WorkerFactory,
     binlog_transactions,
-    count_then_settle,
+    in_one_transaction,
     master_position,
-    mysql_url,
-    read_topic,
+    server_id,
     sql,
-    wait_until,
-    write_config,
-    zk_get,
 )
+from tests.support.stack import wait_until
+from tests.support.workers import Worker, WorkerFactory
+from tests.support.zookeeper import zk_get
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
@@ -49,11 +45,6 @@ class Relay:
         return sorted(messages, key=lambda m: (m["value"]["scn"], m["value"]["row"]))
 
 
-def server_id() -> int:
-    """A replica server id no other test (or developer) is likely to present."""
-    return 6000 + random.randrange(10**8)
-
-
 def start_relay(
     workers: WorkerFactory,
     tmp_path: Path,
@@ -72,22 +63,13 @@ def start_relay(
         start=start,
         topic=f"aesop.t{unique}",
     )
-    worker = workers.start(write_config(tmp_path / "aesop.toml", app_id=app_id, sources=[spec]))
+    worker = workers.start(ConfigFactory(tmp_path, unique)(sources=[spec]))
     worker.wait_for_log("relay shop: reading")
     return Relay(worker, spec.name, spec.topic, start, f"/aesop-test/{app_id}")
 
 
 def mariadb_server_id() -> int:
     return int(sql("SELECT @@server_id")[0][0])
-
-
-def in_one_transaction(database: str, *statements: str) -> None:
-    with pymysql.connect(**mysql_url(database).connect_args(), autocommit=False) as conn:
-        with conn.cursor() as cur:
-            cur.execute("BEGIN")
-            for statement in statements:
-                cur.execute(statement)
-        conn.commit()
 
 
 def rows_events(transactions: list[BinlogTransaction]) -> list[BinlogRows]:
@@ -364,7 +346,7 @@ def test_include_and_exclude_globs(workers, tmp_path, unique, database):
     assert messages[0]["value"]["txn"] == {"seq": 0, "last": True}
 
 
-def test_two_sources_in_one_worker(workers, tmp_path, unique, database):
+def test_two_sources_in_one_worker(workers, tmp_path, unique, database, make_config):
     sql(
         f"CREATE TABLE {database}.a_items (id INT PRIMARY KEY)",
         f"CREATE TABLE {database}.b_items (id INT PRIMARY KEY)",
@@ -380,9 +362,7 @@ def test_two_sources_in_one_worker(workers, tmp_path, unique, database):
         )
         for name in ("a", "b")
     ]
-    worker = workers.start(
-        write_config(tmp_path / "aesop.toml", app_id=f"t{unique}", sources=specs)
-    )
+    worker = workers.start(make_config(sources=specs))
     worker.wait_for_log("relay a: reading")
     worker.wait_for_log("relay b: reading")
     in_one_transaction(database, "INSERT INTO a_items VALUES (1)", "INSERT INTO b_items VALUES (1)")

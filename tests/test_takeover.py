@@ -13,21 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.support import (
-    SourceSpec,
-    Worker,
-    WorkerFactory,
-    count_then_settle,
-    free_port,
-    master_position,
-    read_topic,
-    sql,
-    wait_until,
-    write_config,
-    zk_get,
-)
-from tests.test_checkpoint import Writer, assert_exactly_once, create_numbers
-from tests.test_lag import get, lag_json
+from tests.support.cli import get, lag_json
+from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.kafka import count_then_settle, read_topic
+from tests.support.load import Writer, assert_exactly_once, create_numbers
+from tests.support.mysql import master_position, sql
+from tests.support.stack import free_port, wait_until
+from tests.support.workers import Worker, WorkerFactory
+from tests.support.zookeeper import zk_get
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
@@ -40,7 +33,7 @@ def config_for(tmp_path: Path, unique: str, database: str, start: str) -> tuple[
     spec = SourceSpec(SOURCE, [f"{database}.*"], 8000 + random.randrange(10**8), start,
                       f"aesop.t{unique}")  # fmt: skip
     extra = f"\n[lag]\nunread_seconds = {UNREAD_S}\n"
-    return write_config(tmp_path / "aesop.toml", f"t{unique}", [spec], extra=extra), spec.topic
+    return ConfigFactory(tmp_path, unique)([spec], extra=extra), spec.topic
 
 
 def start_worker(workers: WorkerFactory, config: Path) -> tuple[Worker, int]:
@@ -203,7 +196,7 @@ def test_a_sigterm_at_any_moment_of_start_up_stops_cleanly_and_duplicates_nothin
     # The next start resumes where the stopped one left off: nothing twice, nothing missing.
     last, _ = start_worker(workers, config)
     last.wait_for_log(f"relay {SOURCE}: reading", 90)
-    time.sleep(1.0)
+    writer.write_more(300)
     written = writer.finish()
     assert_exactly_once(read_topic(topic, count_then_settle(written, 3.0), timeout=120), written)
     assert last.stop() == 0

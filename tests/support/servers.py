@@ -1,0 +1,140 @@
+"""Throwaway MariaDB servers a test starts, with options of its own, and stops by pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from tests.support.stack import free_port, wait_until
+
+BIN = Path(sys.executable).parent
+
+
+MARIADBD = shutil.which("mariadbd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
+INSTALL_DB = shutil.which("mariadb-install-db", path=f"{os.environ.get('PATH', '')}:/usr/bin")
+
+
+BINLOG_ON = (
+    "--log-bin=mysql-bin",
+    "--server-id=1",
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+    "--log-bin-compress=OFF",
+)
+
+
+@dataclass
+class PrivateServer:
+    """A mariadbd of this test session on 127.0.0.1:<port>, root with no password."""
+
+    base: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def url(self, user: str = "root", password: str = "") -> str:
+        secret = f":{password}" if password else ""
+        return f"mysql://{user}{secret}@127.0.0.1:{self.port}"
+
+    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
+        with pymysql.connect(
+            host="127.0.0.1", port=self.port, user="root", autocommit=True
+        ) as conn, conn.cursor() as cur:  # fmt: skip
+            rows: list[tuple[Any, ...]] = []
+            for statement in statements:
+                cur.execute(statement)
+                rows = list(cur.fetchall())
+            return rows
+
+    def position(self) -> tuple[str, int]:
+        file, pos = self.sql("SHOW MASTER STATUS")[0][:2]
+        return str(file), int(pos)
+
+    def log(self) -> str:
+        path = self.base / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop this server by its pid (SIGTERM, then SIGKILL after 60 s)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def start_private_server(base: Path, *options: str) -> PrivateServer:
+    """mariadb-install-db a data dir under ``base``, start mariadbd on it, add root@127.0.0.1."""
+    assert MARIADBD and INSTALL_DB, "mariadb-server is not installed (make up installs it)"
+    base.mkdir(parents=True, exist_ok=True)
+    datadir, sock = base / "data", base / "sock"
+    subprocess.run(
+        [INSTALL_DB, "--no-defaults", "--user=root", f"--datadir={datadir}",
+         "--auth-root-authentication-method=normal", "--skip-test-db"],
+        check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+    )  # fmt: skip
+    port = free_port()
+    out = (base / "mariadbd.out").open("ab")
+    proc = subprocess.Popen(
+        [MARIADBD, "--no-defaults", f"--datadir={datadir}", f"--port={port}",
+         "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={base / 'pid'}",
+         "--user=root", "--skip-name-resolve", f"--log-error={base / 'error.log'}",
+         "--innodb-buffer-pool-size=32M", *options],
+        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    out.close()
+    server = PrivateServer(base, port, proc)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True)
+            break
+        except pymysql.err.OperationalError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise AssertionError(f"mariadbd in {base} did not start:\n{server.log()}") from None
+            time.sleep(0.2)
+    # As docker/mariadb/bootstrap.sql: with skip-name-resolve a TCP client from 127.0.0.1
+    # matches only root@127.0.0.1.
+    with conn, conn.cursor() as cur:
+        for statement in (
+            "SET sql_log_bin = 0",
+            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'",
+            "ALTER USER 'root'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('')",
+            "GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION",
+        ):
+            cur.execute(statement)
+    return server
+
+
+def restart(server: PrivateServer) -> PrivateServer:
+    """Start a stopped private server again: same command, data directory and port."""
+    with (server.base / "mariadbd.out").open("ab") as out:
+        proc = subprocess.Popen(
+            server.proc.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    again = PrivateServer(server.base, server.port, proc)
+    wait_until(lambda: connectable(again), 60, "the replica server to accept connections")
+    return again
+
+
+def connectable(server: PrivateServer) -> bool:
+    try:
+        server.sql("SELECT 1")
+    except pymysql.err.OperationalError:
+        assert server.proc.poll() is None, server.log()
+        return False
+    return True
