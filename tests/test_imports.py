@@ -178,3 +178,11 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_the_test_helpers_find_the_checkout() -> None:
+    """Workers start in ROOT and faults run ROOT/docker/stack.sh: a wrong ROOT makes every
+    worker test fail to import its handlers and every soak fault fail."""
+    from tests.support.stack import ROOT
+
+    assert (ROOT / "pyproject.toml").is_file() and (ROOT / "docker" / "stack.sh").is_file(), ROOT

@@ -12,9 +12,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 KAFKA = "127.0.0.1:9092"
 
 
