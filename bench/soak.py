@@ -36,6 +36,7 @@ from bench.soak_check import (
     Verdict,
     check_kafka,
     differences,
+    differing_rows_in_kafka,
     ledger_counts,
     missing_in_replica,
     read_tables,
@@ -328,7 +329,7 @@ class Soak:
         for line in diff.values():
             verdict.fail(f"replica differs: {line}")
         if diff:
-            self._post_mortem(events, source)
+            self._post_mortem(events, source, replica)
         verdict.dlq = len(read_dlq(names.consumer))
         if verdict.dlq:
             verdict.fail(f"{verdict.dlq} changes dead-lettered to {names.consumer}.dlq")
@@ -411,12 +412,16 @@ class Soak:
         )
         return 0 if ok else 1
 
-    def _post_mortem(self, events: list[Any], source: dict[str, Any]) -> None:
-        """Where the changes the replica lacks are in Kafka, and what the consumer recorded,
-        in ``post-mortem.txt`` beside the worker logs."""
+    def _post_mortem(
+        self, events: list[Any], source: dict[str, Any], replica: dict[str, Any]
+    ) -> None:
+        """Where the changes the replica lacks are in Kafka, the events of each row only one
+        side has, and what the consumer recorded, in ``post-mortem.txt`` beside the worker
+        logs."""
         names = self.names
         try:
             lines = missing_in_replica(events, source["ledger"], names.replica)
+            lines += differing_rows_in_kafka(events, source, replica)
             offsets = group_offsets(names.consumer, names.topic)
             lines.append(f"consumer group (committed, end) per partition: {offsets}")
         except Exception as exc:

@@ -393,6 +393,36 @@ def missing_in_replica(
     return lines
 
 
+def differing_rows_in_kafka(
+    events: list[Event],
+    source: dict[str, Counter[tuple[Any, ...]]],
+    replica: dict[str, Counter[tuple[Any, ...]]],
+    limit: int = 5,
+) -> list[str]:
+    """For a post-mortem: per row only one side has (a few per table and side), every event
+    in Kafka that has it as its ``before`` or ``after`` (partition, offset, ``(scn, row)``,
+    op), so that how the replica came to differ can be read from the offsets."""
+    lines: list[str] = []
+    for table in COLUMNS:
+        for side, rows in (
+            ("only in the source", source[table] - replica[table]),
+            ("only in the replica", replica[table] - source[table]),
+        ):
+            for row in list(rows)[:limit]:
+                found = []
+                for event in events:
+                    if event.table != table:
+                        continue
+                    value = event.value
+                    for image in ("before", "after"):
+                        if value[image] and canonical(table, value[image], False) == row:
+                            found.append(f"p{event.partition}@{event.offset}{event.ident}"
+                                         f" {value['op']} ({image})")  # fmt: skip
+                lines.append(f"{table} row {side} x{rows[row]}: {repr(row)[:200]}")
+                lines += [f"  {where}" for where in found] or ["  in no event"]
+    return lines
+
+
 def replay(distinct: list[Event], verdict: Verdict) -> dict[str, Counter[tuple[Any, ...]]]:
     """The tables as Kafka's events build them, applied in (scn, row) order from empty."""
     keyed: dict[str, dict[bytes, tuple[Any, ...]]] = {t: {} for t in COLUMNS if PRIMARY_KEYS[t]}

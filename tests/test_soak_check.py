@@ -126,3 +126,30 @@ def test_a_first_copy_below_a_later_change_of_its_partition_fails() -> None:
     )
     assert verdict.partition_order_violations == 1
     assert "p0 offset 2: first copy of (11, 0) after (12, 0)" in verdict.failures[0]
+
+
+def test_a_row_only_the_replica_has_is_traced_to_its_events() -> None:
+    """A keyless row applied twice leaves a copy only the replica has: the post-mortem names
+    the events that hold it, by partition, offset and (scn, row)."""
+    from collections import Counter
+
+    from bench.soak_check import COLUMNS, canonical, differing_rows_in_kafka
+
+    def note(n: int) -> dict[str, object]:
+        return {"tag": 7, "n": n, "body": "b", "meta": {"v": 1}}
+
+    def event(offset: int, scn: int, op: str, before: object, after: object) -> Event:
+        value = {"op": op, "scn": scn, "row": 0, "source": {"table": "notes"},
+                 "before": before, "after": after}  # fmt: skip
+        return Event(0.0, 2, offset, None, value)
+
+    events = [event(10, 100, "c", None, note(1)), event(11, 101, "u", note(1), note(2)),
+              event(12, 102, "d", note(2), None)]  # fmt: skip
+    empty: dict[str, Counter[tuple[object, ...]]] = {t: Counter() for t in COLUMNS}
+    # As read back with SQL: the JSON column is text.
+    stray = canonical("notes", {"tag": 7, "n": 2, "body": "b", "meta": '{"v": 1}'}, True)
+    replica = {**empty, "notes": Counter({stray: 1})}
+    lines = differing_rows_in_kafka(events, empty, replica)
+    assert lines[0].startswith("notes row only in the replica x1: (7, 2, 'b'")
+    assert lines[1:] == ["  p2@11(101, 0) u (after)", "  p2@12(102, 0) d (before)"]
+    assert differing_rows_in_kafka(events, empty, empty) == []
