@@ -13,24 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from app.lag.probes import probe_kafka, probe_mysql, probe_zookeeper
-from app.lag.report import LagReport, assemble, grade, worst
+from app.lag.report import LagReport, assemble, grade, unread_sources, worst
 from app.settings import Settings
 
 __all__ = ["LagReport", "assemble", "build_report", "grade", "unread_sources", "worst"]
 
 
-def unread_sources(report: Mapping[str, Any]) -> list[str]:
-    """One line per source that no live worker reads."""
-    return [f"source {s['name']}: {s['error']}" for s in report["sources"] if s.get("unread")]
-
-
 async def build_report(
     settings: Settings, relay_states: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The lag report as JSON: the probes, then :func:`~app.lag.report.assemble`.
+) -> LagReport:
+    """The lag report: the probes, then :func:`~app.lag.report.assemble`.
 
     ``relay_states``: the state of the relays this worker runs, by source name.
     Never raises for an unreachable service: it is reported under ``services``.
@@ -43,4 +37,4 @@ async def build_report(
     )
     mysql = {s.name: probe for s, probe in zip(settings.sources, servers, strict=True)}
     now_ms = int(time.time() * 1000)
-    return assemble(settings, zookeeper, mysql, kafka, now_ms, relay_states).to_json()
+    return assemble(settings, zookeeper, mysql, kafka, now_ms, relay_states)

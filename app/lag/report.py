@@ -200,6 +200,11 @@ class LagReport:
         }
 
 
+def unread_sources(report: LagReport) -> list[str]:
+    """One line per source that no live worker reads."""
+    return [f"source {s.name}: {s.error}" for s in report.sources if s.unread]
+
+
 # -- assembly --------------------------------------------------------------------------
 
 
