@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import app.settings as settings_module
 from app.errors import AesopError
@@ -115,9 +114,9 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
     from app import mail
-    from app.lag import build_report, unread_sources
+    from app.lag import LagReport, build_report, unread_sources
 
-    async def run() -> dict[str, Any]:
+    async def run() -> LagReport:
         report = await build_report(settings)
         if args.email:
             await mail.send(settings, report)
@@ -127,13 +126,13 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
         raise AesopError(f"{settings.path}: no [smtp] section; add one to send the lag by email")
     report = asyncio.run(run())
     if args.json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         sys.stdout.write(mail.render(report))
     limit = settings.lag.critical_seconds if args.max_lag_seconds is None else args.max_lag_seconds
     down = mail.down_services(report) + unread_sources(report)
-    lags = [(f"source {s['name']}", s["behind"]["seconds"]) for s in report["sources"]]
-    lags += [(f"consumer {c['name']}", c["seconds_behind"]) for c in report["consumers"]]
+    lags = [(f"source {s.name}", s.behind.seconds) for s in report.sources]
+    lags += [(f"consumer {c.name}", c.seconds_behind) for c in report.consumers]
     over = [
         f"{name} is {seconds:g}s behind (more than {limit:g}s)"
         for name, seconds in lags

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from faust.web import Request, Response, View
 
+from app.lag import LagReport
 from app.settings import Settings
 from web.health import Monitor
 
@@ -30,25 +31,17 @@ def page(app_id: str) -> str:
     )
 
 
-def sample_of(report: dict[str, Any]) -> dict[str, Any]:
+def sample_of(report: LagReport) -> dict[str, Any]:
     """What a chart needs of one /lag report; the page reduces its live reports the same way."""
     return {
-        "ts_ms": report["ts_ms"],
+        "ts_ms": report.ts_ms,
         "sources": {
-            s["name"]: {
-                "seconds": s["behind"]["seconds"],
-                "bytes": s["behind"]["bytes"],
-                "status": s["status"],
-            }
-            for s in report["sources"]
+            s.name: {"seconds": s.behind.seconds, "bytes": s.behind.bytes, "status": s.status}
+            for s in report.sources
         },
         "consumers": {
-            c["name"]: {
-                "seconds": c["seconds_behind"],
-                "events": c["events_behind"],
-                "status": c["status"],
-            }
-            for c in report["consumers"]
+            c.name: {"seconds": c.seconds_behind, "events": c.events_behind, "status": c.status}
+            for c in report.consumers
         },
     }
 

@@ -16,7 +16,7 @@ from faust import web
 
 from app import mail
 from app.errors import AesopError
-from app.lag import build_report
+from app.lag import LagReport, build_report
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ REFRESH_S = 2.0
 
 
 def health(
-    report: dict[str, Any],
+    report: LagReport,
     relays: dict[str, dict[str, Any]],
     unread: list[str] | None,
     stalled: list[str],
@@ -40,7 +40,8 @@ def health(
             down.append(f"relay {name}: {status['state']}{reason}")
     down += unread or []
     down += stalled
-    return {"ok": not down, "down": down, "services": report["services"], "relays": relays}
+    services = report.services.to_json()
+    return {"ok": not down, "down": down, "services": services, "relays": relays}
 
 
 class Monitor:
@@ -51,11 +52,11 @@ class Monitor:
         self.settings = settings
         self.relays = relays
         self.consumers = consumers
-        self._report: dict[str, Any] | None = None
+        self._report: LagReport | None = None
         self._built_at = 0.0
         self._lock = asyncio.Lock()
 
-    async def report(self) -> dict[str, Any]:
+    async def report(self) -> LagReport:
         async with self._lock:
             if self._report is None or time.monotonic() - self._built_at >= REFRESH_S:
                 states = {name: s["state"] for name, s in self.relay_status().items()}
@@ -120,7 +121,8 @@ def install(app: Any, settings: Settings, relays: Any, consumers: Sequence[Any])
         """The lag report (``app.lag``), as JSON."""
 
         async def get(self, request: web.Request) -> web.Response:
-            return self.json(await monitor.report())
+            report = await monitor.report()
+            return self.json(report.to_json())
 
     app.page("/health")(Health)
     app.page("/lag")(Lag)
