@@ -317,6 +317,19 @@ class BinlogReader:
         if event.event_type in UNDECODABLE:
             raise self._undecodable(event.event_type, self._file, event.packet)
 
+    def _unplaced(self, db: str, table: str, file: str) -> DecodeError:
+        """A rows event without its end position (MariaDB 11.4+ logs end_log_pos 0 inside
+        transactions unless binlog_legacy_event_pos=ON): it has no SCN, and skipping it would
+        silently drop its rows."""
+        return DecodeError(
+            f"source {self.source.name!r}: a rows event of {db}.{table} in {file} after "
+            f"{self.resume} has end_log_pos 0, so its rows get no position; set "
+            "binlog_legacy_event_pos=ON on the server (SET GLOBAL, and in its config), then "
+            "restart this source past the events written before (their changes are lost to "
+            'aesop: re-sync what needs them): delete its checkpoint and set start = "latest" '
+            'or a "file:pos" after them'
+        )
+
     def _undecodable(self, event_type: int, file: str, packet: Any) -> DecodeError:
         """The one-line error for an event we cannot decode: how to fix and move past it."""
         name, fix = UNDECODABLE[event_type]
@@ -392,6 +405,8 @@ class BinlogReader:
         db, table = event.schema, event.table
         if not self._wants(db, table):
             return
+        if not event.packet.log_pos:
+            raise self._unplaced(db, table, file)
         pos = event.packet.log_pos - event.packet.event_size
         scn = scn_of(file, pos)
         op = OPS[kind]

@@ -59,7 +59,7 @@ def binlog_variables(conn: pymysql.connections.Connection) -> dict[str, str]:
         cur.execute(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
             "('log_bin','binlog_format','binlog_row_image','binlog_row_metadata',"
-            "'log_bin_compress','binlog_row_value_options','version')"
+            "'log_bin_compress','binlog_row_value_options','binlog_legacy_event_pos','version')"
         )
         return {name.lower(): str(value) for name, value in cur.fetchall()}
 
@@ -142,6 +142,12 @@ def check_variables(source: SourceSettings, found: dict[str, str]) -> None:
             f"{prefix}binlog_row_value_options is {value_options}; partial JSON updates log a "
             "diff instead of the new row and cannot be decoded: set binlog_row_value_options='' "
             "(SET PERSIST binlog_row_value_options='')"
+        )
+    if found.get("binlog_legacy_event_pos", "ON").upper() == "OFF":
+        raise SourceError(
+            f"{prefix}binlog_legacy_event_pos is OFF; MariaDB 11.4+ then logs the events inside "
+            "a transaction with end_log_pos 0 and their rows get no position: set "
+            "binlog_legacy_event_pos=ON (SET GLOBAL, and in the server's config)"
         )
 
 

@@ -658,6 +658,29 @@ def test_pymysql_can_answer_a_caching_sha2_password_login_without_tls() -> None:
     assert bytes(b ^ salt[i % len(salt)] for i, b in enumerate(plain)) == b"s3cret\0"
 
 
+# --- MariaDB 11.4's event positions --------------------------------------------------------
+
+
+def test_check_refuses_events_without_positions_and_passes_where_the_variable_is_absent() -> None:
+    """MariaDB 11.4 added binlog_legacy_event_pos (OFF by default: end_log_pos 0 inside a
+    transaction); MariaDB 10.x and MySQL have no such variable."""
+    from app.errors import SourceError
+    from app.settings import MySQLURL, SourceSettings
+    from relay import preflight
+
+    source = SourceSettings("shop", MySQLURL("127.0.0.1", 1, "root", ""), 5401, (), (), "", "t")
+    found = {**dict(preflight.REQUIRED), "log_bin": "ON"}
+    preflight.check_variables(source, found)
+    preflight.check_variables(source, {**found, "binlog_legacy_event_pos": "ON"})
+    with pytest.raises(SourceError) as raised:
+        preflight.check_variables(source, {**found, "binlog_legacy_event_pos": "OFF"})
+    assert str(raised.value) == (
+        "source 'shop': binlog_legacy_event_pos is OFF; MariaDB 11.4+ then logs the events "
+        "inside a transaction with end_log_pos 0 and their rows get no position: set "
+        "binlog_legacy_event_pos=ON (SET GLOBAL, and in the server's config)"
+    )
+
+
 # --- MySQL 8 partial JSON updates ---------------------------------------------------------
 
 

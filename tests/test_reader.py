@@ -195,6 +195,25 @@ def test_a_compressed_event_says_how_to_move_past_it(
     assert "\n" not in message
 
 
+def test_a_rows_event_without_its_position_stops_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MariaDB 11.4+ with binlog_legacy_event_pos=OFF logs end_log_pos 0 inside a transaction:
+    such rows have no SCN, and dropping them would lose them without a word."""
+    unplaced = rows(WriteRowsEvent, 300, [{"values": {"id": 1}}])
+    unplaced.packet.log_pos = 0
+    committed = [rotate(), *begin(100, "0-1-8"), rows(WriteRowsEvent, 150, [{"values": {"id": 2}}])]
+    events = [*committed, event(XidEvent, 200), *begin(250, "0-1-9"), unplaced]
+    with pytest.raises(DecodeError) as raised:
+        read(monkeypatch, events)
+    message = str(raised.value)
+    assert message.startswith(
+        f"source 'shop': a rows event of shop.items in {FILE} after {FILE}:250 has "
+        "end_log_pos 0, so its rows get no position; set binlog_legacy_event_pos=ON"
+    ), message
+    assert 'start = "latest"' in message and "\n" not in message
+
+
 def primary_key_change_events() -> list[Any]:
     return [
         rotate(),
