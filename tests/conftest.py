@@ -14,6 +14,7 @@ import pytest
 from tests.support.config import ConfigFactory
 from tests.support.kafka import delete_topics_starting_with
 from tests.support.mysql import mysql_url, sql
+from tests.support.servers import STACK_SERVERS, StackServer
 from tests.support.stack import ROOT, Stack
 from tests.support.workers import WorkerFactory
 from tests.support.zookeeper import zk_delete
@@ -84,9 +85,40 @@ def replica(stack: Stack, unique: str) -> Iterator[str]:
     sql(f"DROP DATABASE IF EXISTS {name}")
 
 
+def stack_server(service: str) -> StackServer:
+    """One of the stack's other servers; not answering fails the test loudly, in one line.
+    They are not in the ``stack`` fixture's check: only the tests that use them need them."""
+    server = STACK_SERVERS[service]
+    why = server.unreachable()
+    if why:
+        pytest.fail(why, pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def mysql8() -> StackServer:
+    """MySQL 8.0.15 on 127.0.0.1:3307 (`docker/stack.sh start mysql8`)."""
+    return stack_server("mysql8")
+
+
+@pytest.fixture(scope="session")
+def mariadb11() -> StackServer:
+    """MariaDB 11.4.5 on 127.0.0.1:3308 (`docker/stack.sh start mariadb11`)."""
+    return stack_server("mariadb11")
+
+
+@pytest.fixture(params=sorted(STACK_SERVERS))
+def other_server(request: pytest.FixtureRequest) -> StackServer:
+    """Each of mysql8 and mariadb11 in turn."""
+    server: StackServer = request.getfixturevalue(request.param)
+    return server
+
+
 # Fixtures that stand for a real server: the local stack's, or a MariaDB a test starts from
 # the binaries `make up` installs.
-STACK_FIXTURES = frozenset({"stack", "server", "binlog_server", "binlog_off_server"})
+STACK_FIXTURES = frozenset(
+    {"stack", "server", "binlog_server", "binlog_off_server", "mysql8", "mariadb11", "other_server"}
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,4 +1,5 @@
-"""Throwaway MariaDB servers a test starts, with options of its own, and stops by pid."""
+"""Throwaway MariaDB servers a test starts, with options of its own, and stops by pid; the
+local stack's MySQL 8.0 and MariaDB 11.4."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pymysql
 
+from app.settings import MySQLURL
 from tests.support.stack import free_port, wait_until
 
 BIN = Path(sys.executable).parent
@@ -35,21 +37,15 @@ BINLOG_ON = (
 )
 
 
-@dataclass
-class PrivateServer:
-    """A mariadbd of this test session on 127.0.0.1:<port>, root with no password."""
+class RootOnLoopback:
+    """SQL as root, without a password, on a server at 127.0.0.1:``port``."""
 
-    base: Path
     port: int
-    proc: subprocess.Popen[bytes]
 
-    def url(self, user: str = "root", password: str = "") -> str:
-        secret = f":{password}" if password else ""
-        return f"mysql://{user}{secret}@127.0.0.1:{self.port}"
-
-    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
+    def sql(self, *statements: str, database: str | None = None) -> list[tuple[Any, ...]]:
+        """Run statements (autocommit) and return the last one's rows."""
         with pymysql.connect(
-            host="127.0.0.1", port=self.port, user="root", autocommit=True
+            host="127.0.0.1", port=self.port, user="root", database=database, autocommit=True
         ) as conn, conn.cursor() as cur:  # fmt: skip
             rows: list[tuple[Any, ...]] = []
             for statement in statements:
@@ -60,6 +56,19 @@ class PrivateServer:
     def position(self) -> tuple[str, int]:
         file, pos = self.sql("SHOW MASTER STATUS")[0][:2]
         return str(file), int(pos)
+
+
+@dataclass
+class PrivateServer(RootOnLoopback):
+    """A mariadbd of this test session on 127.0.0.1:<port>, root with no password."""
+
+    base: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def url(self, user: str = "root", password: str = "") -> str:
+        secret = f":{password}" if password else ""
+        return f"mysql://{user}{secret}@127.0.0.1:{self.port}"
 
     def log(self) -> str:
         path = self.base / "error.log"
@@ -138,3 +147,33 @@ def connectable(server: PrivateServer) -> bool:
         assert server.proc.poll() is None, server.log()
         return False
     return True
+
+
+@dataclass(frozen=True)
+class StackServer(RootOnLoopback):
+    """One of the local stack's other database servers, which docker/stack.sh starts besides
+    MariaDB 10.11 on 3306 (`docker/stack.sh start mysql8`, `... start mariadb11`)."""
+
+    service: str
+    product: str
+    port: int
+
+    def url(self, user: str = "root", password: str = "") -> MySQLURL:
+        return MySQLURL("127.0.0.1", self.port, user, password)
+
+    def unreachable(self) -> str | None:
+        """Why root cannot log in over TCP, in one line; None when it can."""
+        try:
+            pymysql.connect(**self.url().connect_args(), connect_timeout=3).close()
+        except pymysql.MySQLError as exc:
+            return (
+                f"{self.product} ({self.service}) not answering on 127.0.0.1:{self.port} "
+                f"({exc.args[-1]}); run `docker/stack.sh start {self.service}` or `make up`"
+            )
+        return None
+
+
+STACK_SERVERS = {
+    "mysql8": StackServer("mysql8", "MySQL 8.0", 3307),
+    "mariadb11": StackServer("mariadb11", "MariaDB 11.4", 3308),
+}
