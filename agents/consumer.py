@@ -80,7 +80,8 @@ STALL_CHECK_EVERY_S = 5.0  # how often the partitions held are checked for stall
 class Abandoned(Exception):
     """A batch waiting on a transient error is given up because the worker stops or its
     partitions are being revoked; it is not committed, so whoever owns them next reads it again
-    (and skips what was applied by ``(scn, row)``)."""
+    (and skips what was applied by ``(scn, row)``). Control flow, not an error: it must not be
+    caught by the ``except AesopError`` of a retry loop it passes through."""
 
 
 class Stats:

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.event import Change
-from app.errors import ConfigError
+from app.errors import AesopError, ConfigError
 from app.settings import ConsumerSettings, Settings
 
 
-class Transient(Exception):
+class Transient(AesopError):
     """Raised by a handler when the change could not be applied *yet*: retry it later."""
 
 
@@ -47,7 +47,7 @@ class Applied:
     row: int | None = None
 
 
-class EventFailed(Exception):
+class EventFailed(AesopError):
     """``changes[index]`` failed; ``changes[:index]`` were applied."""
 
     def __init__(self, index: int, cause: BaseException, transient: bool) -> None:

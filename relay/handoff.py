@@ -11,7 +11,8 @@ from tables.positions import Position
 
 
 class Stopped(Exception):
-    """The reader was asked to stop while waiting for room."""
+    """The reader was asked to stop while waiting for room. Control flow, not an error: it
+    must not be caught by the ``except AesopError`` of a retry loop it passes through."""
 
 
 @dataclass(slots=True)

@@ -186,3 +186,27 @@ def test_the_test_helpers_find_the_checkout() -> None:
     from tests.support.stack import ROOT
 
     assert (ROOT / "pyproject.toml").is_file() and (ROOT / "docker" / "stack.sh").is_file(), ROOT
+
+
+# Raised to unwind, not to report: an ``except AesopError`` in a retry loop must not catch
+# them (a stop or a revocation would be retried instead of obeyed).
+SIGNALS = {"agents.consumer.Abandoned", "relay.handoff.Stopped"}
+
+
+def test_every_exception_aesop_defines_is_an_aesop_error_but_the_two_signals() -> None:
+    import importlib
+
+    from app.errors import AesopError
+
+    found: dict[str, bool] = {}
+    for name in modules():
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__ == name
+            ):
+                found[f"{name}.{value.__name__}"] = issubclass(value, AesopError)
+    assert set(found) > SIGNALS, sorted(found)
+    assert {name for name, ours in found.items() if not ours} == SIGNALS
