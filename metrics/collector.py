@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED
 from tables.paths import applied_key
+from tables.positions import AppliedPosition
 
 STATES = (STARTING, READING, RETRYING, FAILED, STOPPED)
 Family = CounterMetricFamily | GaugeMetricFamily
@@ -134,14 +135,16 @@ class AesopCollector(Collector):
             retries.add_metric([name], stats.retries)
             for topic, partition, document, highwater in self._partitions(runner):
                 labels = [name, topic, str(partition)]
-                if document is not None:
+                position = AppliedPosition.from_json(document)
+                if position is not None:
                     # None when the position came from the ZooKeeper mirror, which keeps no
                     # source: an empty label, as for a position without one, not "None".
-                    source = str(document.get("source") or "")
-                    applied_scn.add_metric([*labels, source], document["scn"])
+                    applied_scn.add_metric([*labels, position.source or ""], position.scn)
                 if highwater is None:
                     continue
-                next_offset = 0 if document is None else int(document["offset"]) + 1
+                next_offset = (
+                    0 if position is None or position.offset is None else position.offset + 1
+                )
                 behind = max(0, highwater - next_offset)
                 lag_events.add_metric(labels, behind)
                 if behind == 0:

@@ -16,7 +16,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
 from typing import Any
 
 from faust.types import TP
@@ -24,50 +23,13 @@ from faust.types import TP
 from app.errors import AesopError
 from app.retry import RECONNECT
 from tables.paths import applied_key, consumer_path
+from tables.positions import AppliedPosition
 from tables.zookeeper import ZooKeeperMirror, ZooKeeperUnavailable
 
 log = logging.getLogger(__name__)
 
 MIRROR_EVERY_S = 1.0
 RECORDS_IN_FLIGHT = 4  # batches whose position writes may await Kafka's ack at once
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedPosition:
-    """The last change applied in a partition, and the last offset processed there."""
-
-    scn: int
-    row: int
-    offset: int | None = None
-    ts_ms: int = 0
-    source: str | None = None  # None when read from the ZooKeeper mirror
-
-    def moved_to(self, offset: int, ts_ms: int) -> AppliedPosition:
-        """The same change, with later offsets processed (skipped or dead-lettered)."""
-        return replace(self, offset=offset, ts_ms=ts_ms)
-
-    def to_json(self) -> dict[str, Any]:
-        """The table's form: ``{scn, row, offset, ts_ms, source}``."""
-        return {"scn": self.scn, "row": self.row, "offset": self.offset, "ts_ms": self.ts_ms,
-                "source": self.source}  # fmt: skip
-
-    def mirror_json(self) -> dict[str, Any]:
-        """ZooKeeper's form: ``{scn, row, offset, ts_ms}``."""
-        return {"scn": self.scn, "row": self.row, "offset": self.offset, "ts_ms": self.ts_ms}
-
-    @classmethod
-    def from_json(cls, data: Any) -> AppliedPosition | None:
-        """Either form; None for nothing stored."""
-        if data is None:
-            return None
-        offset = data.get("offset")
-        return cls(
-            scn=int(data["scn"]),
-            row=int(data["row"]),
-            offset=None if offset is None else int(offset),
-            ts_ms=int(data.get("ts_ms") or 0),
-            source=data.get("source"),
-        )
 
 
 # Called before a retry: sleeps ``delay`` seconds, or raises to give the wait up.

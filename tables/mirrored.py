@@ -16,7 +16,7 @@ import orjson
 from app.errors import AesopError
 from app.settings import Settings
 from tables.paths import consumer_topic_path, heartbeat_path, relay_path
-from tables.positions import Checkpoint
+from tables.positions import AppliedPosition, Checkpoint
 
 CONNECT_TIMEOUT_S = 5.0
 NOT_JSON = "not JSON"
@@ -28,7 +28,7 @@ class Mirrored:
 
     relays: dict[str, Any] = field(default_factory=dict)
     heartbeats: dict[str, Any] = field(default_factory=dict)  # source -> {worker, state, ts_ms}
-    consumers: dict[tuple[str, str, int], Any] = field(default_factory=dict)
+    consumers: dict[tuple[str, str, int], AppliedPosition] = field(default_factory=dict)
     bad: dict[str, str] = field(default_factory=dict)  # full path -> why it was left out
 
 
@@ -95,11 +95,22 @@ def read_mirrored(settings: Settings, timeout: float = CONNECT_TIMEOUT_S) -> Mir
                 for child in children:
                     if child.isdigit():
                         document = read(f"{parent}/{child}")
-                        if isinstance(document, dict) and isinstance(document.get("offset"), int):
-                            found.consumers[(consumer.name, topic, int(child))] = document
+                        position = _applied(document)
+                        if position is not None:
+                            found.consumers[(consumer.name, topic, int(child))] = position
                         elif document is not None:
                             found.bad[f"{parent}/{child}"] = "not an applied position"
         return found
     finally:
         client.stop()
         client.close()
+
+
+def _applied(document: Any) -> AppliedPosition | None:
+    """A mirrored applied position, or None when the node holds something else."""
+    if not isinstance(document, dict) or not isinstance(document.get("offset"), int):
+        return None
+    try:
+        return AppliedPosition.from_json(document)
+    except (KeyError, TypeError, ValueError):
+        return None

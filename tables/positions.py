@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from app.errors import SourceError
@@ -91,3 +91,41 @@ class Checkpoint:
             raise SourceError(
                 f"stored checkpoint {data!r} is malformed; fix or delete it to restart from 'start'"
             ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedPosition:
+    """The last change applied in a partition, and the last offset processed there."""
+
+    scn: int
+    row: int
+    offset: int | None = None
+    ts_ms: int = 0
+    source: str | None = None  # None when read from the ZooKeeper mirror
+
+    def moved_to(self, offset: int, ts_ms: int) -> AppliedPosition:
+        """The same change, with later offsets processed (skipped or dead-lettered)."""
+        return replace(self, offset=offset, ts_ms=ts_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        """The table's form: ``{scn, row, offset, ts_ms, source}``."""
+        return {"scn": self.scn, "row": self.row, "offset": self.offset, "ts_ms": self.ts_ms,
+                "source": self.source}  # fmt: skip
+
+    def mirror_json(self) -> dict[str, Any]:
+        """ZooKeeper's form: ``{scn, row, offset, ts_ms}``."""
+        return {"scn": self.scn, "row": self.row, "offset": self.offset, "ts_ms": self.ts_ms}
+
+    @classmethod
+    def from_json(cls, data: Any) -> AppliedPosition | None:
+        """Either form; None for nothing stored."""
+        if data is None:
+            return None
+        offset = data.get("offset")
+        return cls(
+            scn=int(data["scn"]),
+            row=int(data["row"]),
+            offset=None if offset is None else int(offset),
+            ts_ms=int(data.get("ts_ms") or 0),
+            source=data.get("source"),
+        )

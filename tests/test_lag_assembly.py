@@ -28,6 +28,7 @@ from app.lag.probes import (
 from app.lag.report import LagReport, assemble, grade, worst
 from app.settings import ConsumerSettings, LagSettings, MySQLURL, Settings, SourceSettings
 from tables.mirrored import Mirrored, ZooKeeperUnreachable
+from tables.positions import AppliedPosition
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_700_000_000_000
@@ -81,9 +82,12 @@ def heartbeat(worker: str, age_ms: int, state: str = "reading") -> dict[str, Any
     return {"worker": worker, "state": state, "ts_ms": NOW - age_ms}
 
 
-def applied(offset: int, age_ms: int) -> dict[str, Any]:
-    """A consumer's applied position as the mirror holds it."""
-    return {"scn": 12884902888, "row": 0, "offset": offset, "ts_ms": NOW - age_ms}
+def applied(offset: int, age_ms: int) -> AppliedPosition:
+    """A consumer's applied position as read from the mirror."""
+    document = {"scn": 12884902888, "row": 0, "offset": offset, "ts_ms": NOW - age_ms}
+    position = AppliedPosition.from_json(document)
+    assert position is not None
+    return position
 
 
 def server(

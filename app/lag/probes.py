@@ -153,10 +153,10 @@ class Offsets:
         """The next offset the consumer processes: past its last applied change or its
         committed offset (skipped and dead-lettered messages commit too), whichever is
         further."""
-        applied = mirrored.consumers.get((consumer, topic, partition)) or {}
+        applied = mirrored.consumers.get((consumer, topic, partition))
         candidates = [self.beginning.get((topic, partition), 0)]
-        if isinstance(applied.get("offset"), int):
-            candidates.append(applied["offset"] + 1)
+        if applied is not None and applied.offset is not None:
+            candidates.append(applied.offset + 1)
         committed = self.committed.get((consumer, topic, partition))
         if committed is not None:
             candidates.append(committed)

@@ -397,14 +397,14 @@ def _partition(
     offsets: Offsets | None,
     now_ms: int,
 ) -> PartitionLag:
-    applied = mirrored.consumers.get((consumer, topic, partition)) or {}
+    applied = mirrored.consumers.get((consumer, topic, partition))
     mirror = PartitionLag(
         topic=topic,
         partition=partition,
-        scn=applied.get("scn"),
-        row=applied.get("row"),
-        offset=applied.get("offset"),
-        ts_ms=applied.get("ts_ms"),
+        scn=None if applied is None else applied.scn,
+        row=None if applied is None else applied.row,
+        offset=None if applied is None else applied.offset,
+        ts_ms=None if applied is None else applied.ts_ms,
     )
     if offsets is None or (topic, partition) not in offsets.end:
         return mirror
