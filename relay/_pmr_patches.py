@@ -14,9 +14,11 @@ from typing import Any
 
 from pymysqlreplication import binlogstream
 from pymysqlreplication.constants import NONE_SOURCE
+from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import RowsEvent, TableMapEvent
 
 from app.errors import LibraryVersionError
+from relay import compressed
 from relay.mysql_text import (
     FRAC_BYTES,
     FRAC_SCALE,
@@ -185,4 +187,12 @@ def apply() -> None:
     # last event (mid-transaction too), with a multi-line warning. An empty list hands these
     # errors to the relay, which reconnects with backoff from a transaction boundary.
     binlogstream.MYSQL_EXPECTED_ERROR_CODES = []
+    # Compressed events (MariaDB log_bin_compress, MySQL binlog_transaction_compression)
+    # come out as the ordinary events they hold.
+    compressed.apply()
     _applied = True
+
+
+def event_map() -> dict[int, type]:
+    """The library's binlog event type -> class map (after ``apply``, with ours in it)."""
+    return dict(getattr(BinLogPacketWrapper, compressed.EVENT_MAP_NAME))

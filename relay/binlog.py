@@ -1,7 +1,7 @@
 """The border with python-mysql-replication: binlog events in, aesop change batches out.
 
-Nothing outside ``relay.binlog``, ``relay.decoder``, ``relay.values`` and
-``relay._pmr_patches`` imports pymysqlreplication. The reader runs in its own thread (the
+Nothing outside ``relay.binlog``, ``relay.compressed``, ``relay.decoder``, ``relay.values``
+and ``relay._pmr_patches`` imports pymysqlreplication. The reader runs in its own thread (the
 library blocks) and hands serialized batches to the loop.
 """
 
@@ -36,9 +36,10 @@ from pymysqlreplication.row_event import (
 )
 
 from app.change_event import CREATE, DELETE, UPDATE, key_prefix, source_block
-from app.errors import DecodeError, PositionLostError, SourceError
+from app.errors import DecodeError, LibraryVersionError, PositionLostError, SourceError
 from app.settings import SourceSettings
 from relay import _pmr_patches, values
+from relay.compressed import MariadbCompressedEvent, TransactionPayloadEvent
 from relay.decoder import RowDecoder, layout_key
 from relay.handoff import Batch, Handoff, SerializedChange, Stopped
 from relay.include import TableFilter
@@ -46,21 +47,11 @@ from tables.positions import Position, scn_of
 
 log = logging.getLogger(__name__)
 
-# Events we cannot decode: MariaDB's compressed events (log_bin_compress=ON) and MySQL 8's
-# partial JSON updates (binlog_row_value_options=PARTIAL_JSON: the after image holds a diff,
-# not the row). Skipping them would silently drop changes, so they stop the relay.
-COMPRESSED_FIX = "log_bin_compress=OFF"
+# MySQL 8's partial JSON updates (binlog_row_value_options=PARTIAL_JSON: the after image
+# holds a diff, not the row) cannot be decoded; skipping them would silently drop changes,
+# so they stop the relay.
 PARTIAL_JSON_FIX = "binlog_row_value_options=''"
-UNDECODABLE = {
-    165: ("QUERY_COMPRESSED_EVENT", COMPRESSED_FIX),
-    166: ("WRITE_ROWS_COMPRESSED_EVENT_V1", COMPRESSED_FIX),
-    167: ("UPDATE_ROWS_COMPRESSED_EVENT_V1", COMPRESSED_FIX),
-    168: ("DELETE_ROWS_COMPRESSED_EVENT_V1", COMPRESSED_FIX),
-    169: ("WRITE_ROWS_COMPRESSED_EVENT", COMPRESSED_FIX),
-    170: ("UPDATE_ROWS_COMPRESSED_EVENT", COMPRESSED_FIX),
-    171: ("DELETE_ROWS_COMPRESSED_EVENT", COMPRESSED_FIX),
-    39: ("PARTIAL_UPDATE_ROWS_EVENT", PARTIAL_JSON_FIX),
-}
+UNDECODABLE = {39: ("PARTIAL_UPDATE_ROWS_EVENT", PARTIAL_JSON_FIX)}
 EVENTS = [
     WriteRowsEvent,
     UpdateRowsEvent,
@@ -74,13 +65,73 @@ EVENTS = [
     GtidEvent,
     MariadbGtidEvent,
     HeartbeatLogEvent,
+    # MariaDB's compressed events (165-171) come out as the query or rows event they hold;
+    # MySQL's compressed transactions (40) as a payload of inner events (relay.compressed).
+    MariadbCompressedEvent,
+    TransactionPayloadEvent,
     NotImplementedEvent,
 ]
+# The allow-list: every binlog event type the reader knows, beside those EVENTS decode.
+# The library reads these (or drops them unread) and the reader deliberately does nothing
+# with them; any type in neither list stops the source (``_on_not_implemented``), so a
+# future event that could carry changes is never skipped without a word.
+IGNORED = {
+    3: "STOP_EVENT",  # the server stopped; the next file follows
+    5: "INTVAR_EVENT",  # statement-based context (binlog_format=ROW logs rows)
+    13: "RAND_EVENT",  # statement-based context
+    14: "USER_VAR_EVENT",  # statement-based context
+    15: "FORMAT_DESCRIPTION_EVENT",  # read by the library for the events that follow
+    17: "BEGIN_LOAD_QUERY_EVENT",  # statement-based LOAD DATA
+    18: "EXECUTE_LOAD_QUERY_EVENT",  # statement-based LOAD DATA
+    19: "TABLE_MAP_EVENT",  # kept by the library for the rows events that follow
+    29: "ROWS_QUERY_LOG_EVENT",  # the statement's text, informational
+    34: "ANONYMOUS_GTID_LOG_EVENT",  # a transaction start without a GTID
+    35: "PREVIOUS_GTIDS_LOG_EVENT",  # the GTIDs of earlier files
+    36: "TRANSACTION_CONTEXT_EVENT",  # group replication certification
+    37: "VIEW_CHANGE_EVENT",  # group replication membership
+    160: "ANNOTATE_ROWS_EVENT",  # MariaDB: the statement's text
+    161: "BINLOG_CHECKPOINT_EVENT",  # MariaDB: crash recovery bookkeeping
+    163: "GTID_LIST_EVENT",  # MariaDB: the GTID state at a file start
+    164: "START_ENCRYPTION_EVENT",  # MariaDB: the server decrypts before sending
+}
+HEARTBEAT_V2 = 41  # MySQL 8.0.26+: a heartbeat the library does not know
+# Names of types the reader neither decodes nor ignores, for the stop message.
+OTHER_TYPE_NAMES = {
+    0: "UNKNOWN_EVENT",
+    1: "START_EVENT_V3",
+    6: "LOAD_EVENT",
+    7: "SLAVE_EVENT",
+    8: "CREATE_FILE_EVENT",
+    9: "APPEND_BLOCK_EVENT",
+    10: "EXEC_LOAD_EVENT",
+    11: "DELETE_FILE_EVENT",
+    12: "NEW_LOAD_EVENT",
+    20: "PRE_GA_WRITE_ROWS_EVENT",
+    21: "PRE_GA_UPDATE_ROWS_EVENT",
+    22: "PRE_GA_DELETE_ROWS_EVENT",
+    26: "INCIDENT_EVENT",
+    28: "IGNORABLE_LOG_EVENT",
+    42: "GTID_TAGGED_LOG_EVENT",
+}
 OPS = {WriteRowsEvent: CREATE, UpdateRowsEvent: UPDATE, DeleteRowsEvent: DELETE}
 ROWS_PER_BATCH = 500  # changes per batch handed from the reader thread to the loop
 HEARTBEAT_S = 1.0
 READ_TIMEOUT_S = 10
 POSITION_EVERY_S = 1.0
+
+
+def unreviewed_types(event_map: dict[int, type]) -> dict[int, str]:
+    """Types the library makes into a class the reader neither decodes nor lists in IGNORED.
+
+    The library drops events of classes not in EVENTS before the reader sees them, so each
+    such type must be one the reader deliberately ignores; ``apply`` stops on any other.
+    """
+    decoded = set(EVENTS) - {NotImplementedEvent}
+    return {
+        event_type: cls.__name__
+        for event_type, cls in event_map.items()
+        if cls not in decoded and event_type not in IGNORED and cls is not NotImplementedEvent
+    }
 
 
 class RowDecodeError(DecodeError):
@@ -146,6 +197,13 @@ class BinlogReader:
         on_streaming: Callable[[], None] | None = None,
     ) -> None:
         _pmr_patches.apply()  # done at worker start; here for readers made without a worker
+        unreviewed = unreviewed_types(_pmr_patches.event_map())
+        if unreviewed:
+            raise LibraryVersionError(
+                f"python-mysql-replication makes binlog event types {unreviewed} into classes "
+                "the reader neither decodes nor ignores, so they would be dropped unseen; add "
+                "each to relay/binlog.py's EVENTS or IGNORED"
+            )
         self.source = source
         self.start = start
         # Changes at or below (scn, row) were already published; resuming at a transaction
@@ -170,6 +228,7 @@ class BinlogReader:
         self._last_decoder: dict[tuple[str, str], tuple[Any, RowDecoder]] = {}
         self._ctl: pymysql.connections.Connection | None = None
         self._file = start.file  # the binlog file being read, for error messages
+        self._handlers: dict[type, Callable[[Any, _Reading], None]] = {}
         self._is_mariadb = False
 
     def stop(self) -> None:
@@ -231,8 +290,8 @@ class BinlogReader:
             log_pos=self.start.pos,
             blocking=True,
             only_events=EVENTS,
-            # The library drops NotImplementedEvent by default: compressed row events would
-            # vanish without a trace instead of reaching the UNDECODABLE check below.
+            # The library drops NotImplementedEvent by default: an event type it does not know
+            # would vanish without a trace instead of reaching the allow-list check below.
             filter_non_implemented_events=False,
             slave_heartbeat=HEARTBEAT_S,
             freeze_schema=True,
@@ -240,7 +299,7 @@ class BinlogReader:
         )
         state = _Reading(_Transaction(), Batch(resume=self.start), self.start.gtid)
         self._file = self.start.file
-        handlers = self._handlers()
+        self._handlers = handlers = self._handlers_by_class()
         while not self.stopping.is_set():
             event = stream.fetchone()
             if event is None or self.stopping.is_set():
@@ -249,7 +308,7 @@ class BinlogReader:
             if handler is not None:
                 handler(event, state)
 
-    def _handlers(self) -> dict[type, Callable[[Any, _Reading], None]]:
+    def _handlers_by_class(self) -> dict[type, Callable[[Any, _Reading], None]]:
         """What each kind of event does to the reading state (kinds not listed: nothing)."""
         return {
             **dict.fromkeys(OPS, self._on_rows),
@@ -261,6 +320,7 @@ class BinlogReader:
             RotateEvent: self._on_rotate,
             HeartbeatLogEvent: self._on_heartbeat,
             PartialUpdateRowsEvent: self._on_undecodable,
+            TransactionPayloadEvent: self._on_payload,
             NotImplementedEvent: self._on_not_implemented,
         }
 
@@ -268,6 +328,28 @@ class BinlogReader:
         self._rows(event, type(event), self._file, state.txn, state.batch)
         if len(state.batch.changes) >= ROWS_PER_BATCH:
             state.batch = self._flush(state.batch)
+
+    def _on_payload(self, event: Any, state: _Reading) -> None:
+        """A compressed transaction (MySQL binlog_transaction_compression=ON): its inner
+        events, handled as if they stood in the binlog in its place.
+
+        Every inner event starts where the payload starts, so all its changes share the
+        payload's SCN; ``row`` is the inner rows event's offset in the uncompressed payload
+        plus the change's number in that event. An event makes fewer changes than it has
+        bytes, so rows increase and never repeat across the payload, and are the same on every
+        read whatever tables are included. The inner commit's end is the payload's end.
+        """
+        handlers = self._handlers
+        for offset, inner in event.inner():
+            kind = type(inner)
+            if kind in OPS:
+                self._rows(inner, kind, self._file, state.txn, state.batch, offset)
+                if len(state.batch.changes) >= ROWS_PER_BATCH:
+                    state.batch = self._flush(state.batch)
+            else:
+                handler = handlers.get(kind)
+                if handler is not None:
+                    handler(inner, state)
 
     def _on_query(self, event: Any, state: _Reading) -> None:
         txn = state.txn
@@ -314,8 +396,28 @@ class BinlogReader:
         raise self._undecodable(event.event_type, self._file, event.packet)
 
     def _on_not_implemented(self, event: Any, state: _Reading) -> None:
-        if event.event_type in UNDECODABLE:
-            raise self._undecodable(event.event_type, self._file, event.packet)
+        """An event type the library does not know: ignored only if the reader knows it."""
+        event_type = event.event_type
+        if event_type in IGNORED:
+            return
+        if event_type == HEARTBEAT_V2:
+            self._on_heartbeat(event, state)
+            return
+        raise self._unknown(event_type, self._file, event.packet)
+
+    def _unknown(self, event_type: int, file: str, packet: Any) -> DecodeError:
+        """The one-line error for an event type the reader does not know."""
+        name = OTHER_TYPE_NAMES.get(event_type, "a type aesop does not know")
+        pos = packet.log_pos - packet.event_size if packet.log_pos else "?"
+        return DecodeError(
+            f"source {self.source.name!r}: binlog event type {event_type} ({name}) at "
+            f"{file}:{pos} is neither decoded nor known to be safe to skip, and skipping it "
+            "could drop changes; stop the server from writing it (or run an aesop that decodes "
+            "it), then restart this source past it (its changes are lost to aesop: re-sync what "
+            f'needs them): delete its checkpoint and set start = "{file}:<pos>" at a '
+            f"transaction start after it (SHOW BINLOG EVENTS IN '{file}' FROM {pos}), or "
+            'start = "latest"'
+        )
 
     def _unplaced(self, db: str, table: str, file: str) -> DecodeError:
         """A rows event without its end position (MariaDB 11.4+ logs end_log_pos 0 inside
@@ -401,7 +503,15 @@ class BinlogReader:
         with self._ctl.cursor() as cursor:
             return values.mariadb_json_columns(cursor, db, table)
 
-    def _rows(self, event: Any, kind: type, file: str, txn: _Transaction, batch: Batch) -> None:
+    def _rows(
+        self,
+        event: Any,
+        kind: type,
+        file: str,
+        txn: _Transaction,
+        batch: Batch,
+        first_row: int = 0,
+    ) -> None:
         db, table = event.schema, event.table
         if not self._wants(db, table):
             return
@@ -430,7 +540,8 @@ class BinlogReader:
         now_ms = int(self.clock() * 1000)
         # ``row`` numbers the events built from this rows event, which is more than its rows
         # when an update changes a primary key; the same bytes always number the same way.
-        number = 0
+        # Inside a compressed transaction the numbers start at the event's offset in it.
+        number = first_row
         made = dict.fromkeys("cud", 0)
         for row_before, row_after in images:
             for op_, before, after, changed in _row_changes(op, row_before, row_after, pk_columns):
