@@ -214,8 +214,8 @@ def test_the_types_the_reader_ignores_pass_and_a_heartbeat_v2_counts(
         event(NotImplementedEvent, 300 + i, event_type=t) for i, t in enumerate((34, 36, 37))
     ]
     heartbeat_v2 = event(NotImplementedEvent, 0, event_type=binlog.HEARTBEAT_V2)
-    events = [rotate(), *ignored, *begin(400, "0-1-7"), rows(WriteRowsEvent, 500, [{"values": {"id": 2}}]),
-              event(XidEvent, 600), heartbeat_v2]  # fmt: skip
+    one = rows(WriteRowsEvent, 500, [{"values": {"id": 2}}])
+    events = [rotate(), *ignored, *begin(400, "0-1-7"), one, event(XidEvent, 600), heartbeat_v2]
     _, handoff = read(monkeypatch, events)
     assert [e["after"] for e in handoff.events()] == [{"id": 2}]
     reader, _ = read(monkeypatch, [rotate(), *ignored])

@@ -14,7 +14,7 @@ import pymysql
 import pytest
 
 from app.errors import DecodeError
-from app.settings import SourceSettings
+from app.settings import MySQLURL, SourceSettings
 from relay.binlog import BinlogReader
 from tables.positions import Position
 from tests.support.config import ConfigFactory, SourceSpec
@@ -136,10 +136,23 @@ def test_aesop_check_passes_for_each_server(
 
 def read_changes(server: StackServer, database: str, start: tuple[str, int], count: int) -> Any:
     """The change events BinlogReader builds from the server's binlog after ``start`` for the
-    tables of ``database``, once ``count`` of them are handed over."""
+    tables of ``database``, once ``count`` of them are handed over, and their keys."""
+    handoff = read_handoff(server.url(), database, start, count)
+    return handoff.events(), handoff.keys_of_changes()
+
+
+def read_handoff(
+    url: MySQLURL,
+    database: str,
+    start: tuple[str, int],
+    count: int,
+    skip: tuple[int, int] = (-1, -1),
+) -> Collected:
+    """What BinlogReader hands over from the binlog at ``url`` after ``start`` for the tables
+    of ``database`` (nothing at or below ``skip``), once ``count`` change events are in."""
     source = SourceSettings(
         name="srv",
-        mysql=server.url(),
+        mysql=url,
         server_id=server_id(),
         include=(f"{database}.*",),
         exclude=(),
@@ -147,7 +160,7 @@ def read_changes(server: StackServer, database: str, start: tuple[str, int], cou
         topic="aesop.srv",
     )
     handoff = Collected()
-    reader = BinlogReader(source, Position(*start), (-1, -1), handoff)  # type: ignore[arg-type]
+    reader = BinlogReader(source, Position(*start), skip, handoff)  # type: ignore[arg-type]
     failed: list[BaseException] = []
 
     def run() -> None:
@@ -165,7 +178,7 @@ def read_changes(server: StackServer, database: str, start: tuple[str, int], cou
         thread.join(10)
     if failed:
         raise failed[0]
-    return handoff.events(), handoff.keys_of_changes()
+    return handoff
 
 
 def test_the_reader_reads_inserts_updates_and_deletes_with_json(
