@@ -245,6 +245,9 @@ class TransactionPayloadEvent(BinLogEvent):
                 False, kw.get("use_column_name_cache", False), kw.get("post_header_lengths"),
             )  # fmt: skip
             made = wrapper.event
+            if made is None and head[TYPE_AT] == TABLE_MAP_EVENT:
+                at += size  # freeze_schema: a table already mapped keeps its first map
+                continue
             if made is None:
                 kind = head[TYPE_AT]
                 raise CompressedEventError(
