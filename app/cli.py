@@ -32,12 +32,15 @@ def check_sources(settings: Settings, mirrored: Mirrored | None = None) -> list[
         stored = mirrored.relays.get(source.name)
         checkpoint = None if stored is None else Checkpoint.from_json(stored)
         try:
-            start = preflight.preflight(source, checkpoint)
+            start, compression = preflight.check(source, checkpoint)
         except AesopError as exc:
             lines.append(f"error: {exc}")
         else:
             origin = "checkpoint" if checkpoint else f"start = {source.start}"
-            lines.append(f"ok: source {source.name!r}: reads from {start.position} ({origin})")
+            found = f"; binlog compression: {compression}" if compression else ""
+            lines.append(
+                f"ok: source {source.name!r}: reads from {start.position} ({origin}){found}"
+            )
     return lines
 
 

@@ -22,6 +22,13 @@ REQUIRED = (
     ("binlog_row_image", "FULL"),
     ("binlog_row_metadata", "FULL"),
 )
+# Binlog compression, which the relay decodes: reported by `aesop check`, never refused.
+COMPRESSION = (
+    "log_bin_compress",  # MariaDB 10.2+: query and rows events, zlib
+    "log_bin_compress_min_len",  # MariaDB: events shorter than this stay uncompressed
+    "binlog_transaction_compression",  # MySQL 8.0.20+: whole transactions, zstd
+    "binlog_transaction_compression_level_zstd",
+)
 GLOBAL_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
 # SHOW GRANTS prints MariaDB 10.5+'s REPLICATION CLIENT as BINLOG MONITOR; SUPER still
 # allows SHOW BINARY LOGS on both servers. REPLICATION REPLICA is MySQL 8's alias.
@@ -59,7 +66,9 @@ def binlog_variables(conn: pymysql.connections.Connection) -> dict[str, str]:
         cur.execute(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN "
             "('log_bin','binlog_format','binlog_row_image','binlog_row_metadata',"
-            "'log_bin_compress','binlog_row_value_options','binlog_legacy_event_pos','version')"
+            "'binlog_row_value_options','binlog_legacy_event_pos','version',"
+            + ",".join(f"'{name}'" for name in COMPRESSION)
+            + ")"
         )
         return {name.lower(): str(value) for name, value in cur.fetchall()}
 
@@ -99,10 +108,19 @@ def current_position(conn: pymysql.connections.Connection) -> Position:
     return Position(row[0], int(row[1]))
 
 
-def check_server(source: SourceSettings, conn: pymysql.connections.Connection) -> None:
-    """Binlog settings and privileges; raises SourceError naming what to fix."""
-    check_variables(source, binlog_variables(conn))
+def check_server(source: SourceSettings, conn: pymysql.connections.Connection) -> dict[str, str]:
+    """Binlog settings and privileges; raises SourceError naming what to fix. Returns the
+    binlog variables found."""
+    found = binlog_variables(conn)
+    check_variables(source, found)
     check_grants(source, conn)
+    return found
+
+
+def compression_report(found: dict[str, str]) -> str:
+    """The binlog compression settings among ``found``, as ``name=value`` pairs ("" if the
+    server has none of them: MySQL before 8.0.20 has neither family)."""
+    return ", ".join(f"{name}={found[name]}" for name in COMPRESSION if name in found)
 
 
 def check_variables(source: SourceSettings, found: dict[str, str]) -> None:
@@ -131,11 +149,6 @@ def check_variables(source: SourceSettings, found: dict[str, str]) -> None:
         )
         fix = ", ".join(f"{name}={wanted}" for name, _, wanted in wrong)
         raise SourceError(f"{prefix}{found_text}; set {fix} in the server's config and restart it")
-    if found.get("log_bin_compress", "OFF").upper() == "ON":
-        raise SourceError(
-            prefix + "log_bin_compress is ON; compressed row events cannot be decoded: "
-            "set log_bin_compress=OFF"
-        )
     value_options = found.get("binlog_row_value_options", "")
     if "PARTIAL_JSON" in value_options.upper():
         raise SourceError(
@@ -205,11 +218,16 @@ def starting_checkpoint(source: SourceSettings, conn: pymysql.connections.Connec
 
 def preflight(source: SourceSettings, checkpoint: Checkpoint | None) -> Checkpoint:
     """Check the server and the position; return where to start reading."""
+    return check(source, checkpoint)[0]
+
+
+def check(source: SourceSettings, checkpoint: Checkpoint | None) -> tuple[Checkpoint, str]:
+    """``preflight``, and the server's binlog compression settings (``compression_report``)."""
     with connect(source) as conn:
         try:
-            check_server(source, conn)
+            found = check_server(source, conn)
             chosen = checkpoint or starting_checkpoint(source, conn)
             check_position(source, conn, chosen.position)
         except pymysql.err.MySQLError as exc:
             raise SourceError(f"source {source.name!r}: {describe(exc, source)}") from None
-    return chosen
+    return chosen, compression_report(found)

@@ -30,7 +30,6 @@ from tests.support.kafka import count_at_least, read_topic
 from tests.support.servers import BIN, BINLOG_ON, PrivateServer, start_private_server
 from tests.support.stack import ROOT, ZOOKEEPER, free_port, wait_until
 from tests.support.workers import WorkerFactory
-from tests.support.zookeeper import zk_get
 
 # --- throwaway servers -------------------------------------------------------------------
 
@@ -181,7 +180,9 @@ def test_check_passes_for_root_a_replication_user_and_a_role(
     ]  # fmt: skip
     for line in lines:
         assert re.match(
-            r"ok: source '\w+': reads from mysql-bin\.\d+:4 \(start = earliest\)$", line
+            r"ok: source '\w+': reads from mysql-bin\.\d+:4 \(start = earliest\); binlog "
+            r"compression: log_bin_compress=OFF, log_bin_compress_min_len=256$",
+            line,
         )
 
 
@@ -203,7 +204,6 @@ def test_check_refuses_a_server_without_binlog(
         ("binlog_row_image", "NOBLOB", ["binlog_row_image is NOBLOB", "binlog_row_image=FULL"]),
         ("binlog_row_metadata", "MINIMAL", ["binlog_row_metadata is MINIMAL", "=FULL"]),
         ("binlog_row_metadata", "NO_LOG", ["binlog_row_metadata is NO_LOG", "=FULL"]),
-        ("log_bin_compress", "ON", ["log_bin_compress is ON", "set log_bin_compress=OFF"]),
     ],
 )
 def test_check_refuses_a_binlog_setting(
@@ -514,13 +514,14 @@ def test_worker_relays_as_a_user_with_only_the_checked_privileges(
     server.sql(f"DROP DATABASE {db}")
 
 
-def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
+def test_check_reports_compression_and_the_worker_relays_compressed_events(
     binlog_server: PrivateServer,
     workers: WorkerFactory,
-    tmp_path: Path,
     unique: str,
     make_config: ConfigFactory,
 ) -> None:
+    """log_bin_compress=ON is reported by `aesop check`, not refused, and a worker publishes
+    the rows of compressed rows events with the others, in order."""
     server, db = binlog_server, f"t_{unique}"
     server.sql(
         f"CREATE DATABASE {db}",
@@ -532,51 +533,57 @@ def test_worker_refuses_a_compressed_event_and_holds_its_checkpoint(
         "shop", [f"{db}.*"], 7000 + random.randrange(10**8), f"{file}:{pos}", topic,
         mysql=server.url(),
     )  # fmt: skip
-    root = f"/aesop-test/t{unique}"
     config = make_config([spec])
-    worker = workers.start(config)
-    worker.wait_for_log("relay shop: reading", timeout=90)
-
-    server.sql(f"INSERT INTO {db}.notes VALUES (1, 'before')")
-    assert len(read_topic(topic, count_at_least(1), timeout=60)) == 1
-    wait_until(lambda: (zk_get(f"{root}/relays/shop") or {}).get("row") == 0, 30,
-               "the checkpoint of row 1 in ZooKeeper")  # fmt: skip
-
-    boundary = server.position()
     with global_variable(server, "log_bin_compress", "ON"):
-        server.sql(f"INSERT INTO {db}.notes VALUES (2, '{'x' * 2000}')")
+        outcome = aesop_check(config)
+        assert outcome.code == 0, outcome.text
+        assert outcome.stdout.splitlines()[0].endswith(
+            "; binlog compression: log_bin_compress=ON, log_bin_compress_min_len=256"
+        ), outcome.text
+        worker = workers.start(config)
+        worker.wait_for_log("relay shop: reading", timeout=90)
+        boundary = server.position()
+        server.sql(
+            f"INSERT INTO {db}.notes VALUES (1, 'short')",
+            f"INSERT INTO {db}.notes VALUES (2, '{'x' * 2000}')",
+            f"UPDATE {db}.notes SET body = '{'y' * 2000}' WHERE id = 1",
+        )
     server.sql(f"INSERT INTO {db}.notes VALUES (3, 'after')")
-    compressed = [
-        row for row in server.sql(f"SHOW BINLOG EVENTS IN '{boundary[0]}' FROM {boundary[1]}")
-        if "compressed" in row[2].lower() and "rows" in row[2].lower()
-    ]  # fmt: skip
-    assert len(compressed) == 1, "the server did not write a compressed rows event"
-    at = f"{boundary[0]}:{compressed[0][1]}"
+    kinds = [
+        row[2].lower()
+        for row in server.sql(f"SHOW BINLOG EVENTS IN '{boundary[0]}' FROM {boundary[1]}")
+    ]
+    assert "write_rows_compressed_v1" in kinds and "update_rows_compressed_v1" in kinds, kinds
+    assert "write_rows_v1" in kinds, kinds  # the short rows stayed uncompressed
 
-    worker.wait_for_log("COMPRESSED_EVENT", timeout=60)
-    # Failed: the relay's reader has stopped, so nothing past the event can come after this.
-    wait_until(lambda: relay_state(config, "shop") == "failed", 30, "the relay to fail")
-    errors = lines_with(worker.log(), "COMPRESSED_EVENT")
-    assert len(errors) == 1, errors  # the next attempt comes after FAILED_RETRY_S (60 s)
-    assert re.search(
-        rf"relay shop: source 'shop': WRITE_ROWS_COMPRESSED_EVENT(_V1)? at {re.escape(at)} "
-        r"cannot be decoded; set log_bin_compress=OFF on the server, then restart this source "
-        r"past the undecodable events .*: delete its checkpoint and set "
-        rf'start = "{re.escape(boundary[0])}:<pos>" .*'
-        rf"\(SHOW BINLOG EVENTS IN '{re.escape(boundary[0])}' FROM {compressed[0][1]}\)",
-        errors[0],
-    ), errors[0]
-    assert "[ERROR]" in errors[0]
+    messages = read_topic(topic, count_at_least(4), timeout=60)
+    messages.sort(key=lambda m: (m["value"]["scn"], m["value"]["row"]))  # across partitions
+    assert [(m["value"]["op"], m["value"]["after"]) for m in messages] == [
+        ("c", {"id": 1, "body": "short"}),
+        ("c", {"id": 2, "body": "x" * 2000}),
+        ("u", {"id": 1, "body": "y" * 2000}),
+        ("c", {"id": 3, "body": "after"}),
+    ]
     assert "Traceback" not in worker.log()
-
-    messages = read_topic(topic, count_at_least(2), timeout=5)
-    assert [m["value"]["after"]["id"] for m in messages] == [1], "published past the event"
-    checkpoint = zk_get(f"{root}/relays/shop")
-    assert checkpoint is not None
-    seq = int(boundary[0].rsplit(".", 1)[1])
-    assert checkpoint["scn"] < seq << 32 | int(compressed[0][1]), checkpoint
-    assert (checkpoint["file"], checkpoint["pos"]) <= boundary, checkpoint
     server.sql(f"DROP DATABASE {db}")
+
+
+def test_the_compression_report_names_each_setting_the_server_has() -> None:
+    from relay import preflight
+
+    mariadb = {"log_bin": "ON", "log_bin_compress": "ON", "log_bin_compress_min_len": "256"}
+    mysql_8_0_20 = {
+        "log_bin": "ON",
+        "binlog_transaction_compression": "ON",
+        "binlog_transaction_compression_level_zstd": "3",
+    }
+    assert preflight.compression_report(mariadb) == (
+        "log_bin_compress=ON, log_bin_compress_min_len=256"
+    )
+    assert preflight.compression_report(mysql_8_0_20) == (
+        "binlog_transaction_compression=ON, binlog_transaction_compression_level_zstd=3"
+    )
+    assert preflight.compression_report({"log_bin": "ON"}) == ""  # MySQL before 8.0.20
 
 
 # --- configuration errors ----------------------------------------------------------------
