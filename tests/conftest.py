@@ -117,7 +117,16 @@ def other_server(request: pytest.FixtureRequest) -> StackServer:
 # Fixtures that stand for a real server: the local stack's, or a MariaDB a test starts from
 # the binaries `make up` installs.
 STACK_FIXTURES = frozenset(
-    {"stack", "server", "binlog_server", "binlog_off_server", "mysql8", "mariadb11", "other_server"}
+    {
+        "stack",
+        "server",
+        "binlog_server",
+        "binlog_off_server",
+        "compressing_server",
+        "mysql8",
+        "mariadb11",
+        "other_server",
+    }
 )
 
 

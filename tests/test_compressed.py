@@ -6,16 +6,22 @@ of the same statements logged uncompressed.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
+import zstandard
+from pymysql.protocol import MysqlPacket
+from pymysqlreplication.packet import BinLogPacketWrapper
 
 from app.settings import MySQLURL
-from relay import binlog
+from relay import _pmr_patches, binlog, compressed
 from tables.positions import scn_of
-from tests.support.payload_proxy import PayloadProxy
+from tests.support.payload_proxy import PayloadProxy, field, packed_int
 from tests.support.servers import BINLOG_ON, PrivateServer, StackServer, start_private_server
 from tests.test_servers import read_handoff
 
@@ -218,3 +224,87 @@ def test_mysql_compressed_transactions_give_the_changes_uncompressed_ones_do(
 
 def _last_of_transaction(change: Any) -> bool:
     return bool(orjson.loads(change.value)["txn"]["last"])
+
+
+# --- the formats, without a server --------------------------------------------------------
+
+
+def mariadb_buffer(data: bytes) -> bytes:
+    """MariaDB's compressed buffer: 0x80 | length bytes, the length high byte first, zlib."""
+    size = len(data).to_bytes(4, "big").lstrip(b"\0") or b"\0"
+    return bytes([0x80 | len(size)]) + size + zlib.compress(data)
+
+
+def test_a_mariadb_buffer_opens_and_a_bad_one_says_why() -> None:
+    text = b"lorem ipsum " * 100
+    assert compressed.mariadb_uncompress(mariadb_buffer(text)) == text
+    good = mariadb_buffer(text)
+    for bad, why in [
+        (b"\x00" + good[1:], "bad compressed-data header byte 0x00"),
+        (b"\x92" + good[1:], "bad compressed-data header byte 0x92"),  # algorithm 1
+        (good[:1] + (len(text) + 1).to_bytes(2, "big") + good[3:], "were announced"),
+        (good[:-5], "zlib stream does not decode"),
+    ]:
+        with pytest.raises(compressed.CompressedEventError, match=why):
+            compressed.mariadb_uncompress(bad)
+
+
+def xid_event(xid: int, when: int = 1_700_000_000) -> bytes:
+    """A whole XID_EVENT without checksum, as a payload holds it (its end position 0)."""
+    body = xid.to_bytes(8, "little")
+    return struct.pack("<IBIIIH", when, 16, 1, 19 + len(body), 0, 0) + body
+
+
+def outer_payload(inner: bytes, fields: bytes, end: int, checksum: bool) -> Any:
+    """The library's packet wrapper over a type-40 event holding ``inner``, ending at ``end``."""
+    body = fields + inner
+    size = 19 + len(body) + (4 if checksum else 0)
+    event = struct.pack("<IBIIIH", 1_700_000_000, 40, 1, size, end, 0) + body
+    event += b"\0\0\0\0" if checksum else b""
+    ctl = SimpleNamespace(charset="utf8", _get_dbms=lambda: "mysql")
+    return BinLogPacketWrapper(
+        MysqlPacket(b"\0" + event, None), {}, ctl, (8, 0, 20), checksum,
+        frozenset(_pmr_patches.event_map().values()), None, None, None, None, True, False,
+        False, True, False, False, None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+def test_a_payload_event_yields_its_events_at_its_own_place(checksum: bool) -> None:
+    """Fields in any order, an unknown one skipped (as MySQL's decoder does); each inner event
+    starts where the payload starts and ends where it ends."""
+    _pmr_patches.apply()
+    inner = xid_event(7) + xid_event(8)
+    packed = zstandard.ZstdCompressor().compress(inner)
+    fields = (
+        field(9, 12345) + field(1, len(packed)) + field(2, 0) + field(3, len(inner))
+        + packed_int(0) + packed
+    )  # fmt: skip
+    wrapper = outer_payload(b"", fields, 5000, checksum)
+    payload = wrapper.event
+    assert isinstance(payload, compressed.TransactionPayloadEvent)
+    got = [(offset, type(e).__name__, e.xid, e.packet.log_pos, e.packet.event_size)
+           for offset, e in payload.inner()]  # fmt: skip
+    size = wrapper.event_size
+    assert got == [(0, "XidEvent", 7, 5000, size), (27, "XidEvent", 8, 5000, size)]
+    # Stored uncompressed (compression type 255, NONE) the same events come out.
+    plain = field(2, 255) + field(1, len(inner)) + packed_int(0) + inner
+    none = outer_payload(b"", plain, 5000, checksum).event
+    assert [e.xid for _, e in none.inner()] == [7, 8]
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        (field(2, 0) + field(3, 4) + packed_int(0) + b"abcd", "lacks its size or compression"),
+        (field(2, 0) + field(1, 50) + packed_int(0) + b"abcd", "of 50 bytes has 4"),
+        (field(2, 0) + field(1, 4), "has no end mark"),
+        (field(2, 7) + field(1, 4) + packed_int(0) + b"abcd", "unknown type 7"),
+        (field(2, 0) + field(1, 4) + packed_int(0) + b"abcd", "zstd stream does not decode"),
+        (field(2, 255) + field(1, 10) + packed_int(0) + xid_event(1)[:10], "ends inside an event"),
+    ],
+)
+def test_a_bad_payload_event_says_why(fields: bytes, why: str) -> None:
+    _pmr_patches.apply()
+    with pytest.raises(compressed.CompressedEventError, match=why):
+        list(outer_payload(b"", fields, 5000, True).event.inner())
