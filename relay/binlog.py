@@ -39,7 +39,7 @@ from app.change_event import CREATE, DELETE, UPDATE, key_prefix, source_block
 from app.errors import DecodeError, LibraryVersionError, PositionLostError, SourceError
 from app.settings import SourceSettings
 from relay import _pmr_patches, values
-from relay.compressed import MariadbCompressedEvent, TransactionPayloadEvent
+from relay.compressed import CompressedEventError, MariadbCompressedEvent, TransactionPayloadEvent
 from relay.decoder import RowDecoder, layout_key
 from relay.handoff import Batch, Handoff, SerializedChange, Stopped
 from relay.include import TableFilter
@@ -255,6 +255,12 @@ class BinlogReader:
                     "consumers, and delete the checkpoint to restart from 'start'"
                 ) from None
             raise SourceError(f"source {self.source.name!r}: {reason}") from exc
+        except CompressedEventError as exc:
+            if self.stopping.is_set():
+                return
+            # Raised while the stream made the event, so its position is still the event's start.
+            stream = self._stream
+            raise self._unopened(exc, getattr(stream, "log_pos", "?")) from exc
         except (SourceError, Stopped, pymysql.err.Error, OSError):
             raise
         except Exception as exc:
@@ -340,16 +346,26 @@ class BinlogReader:
         read whatever tables are included. The inner commit's end is the payload's end.
         """
         handlers = self._handlers
-        for offset, inner in event.inner():
-            kind = type(inner)
-            if kind in OPS:
-                self._rows(inner, kind, self._file, state.txn, state.batch, offset)
-                if len(state.batch.changes) >= ROWS_PER_BATCH:
-                    state.batch = self._flush(state.batch)
-            else:
-                handler = handlers.get(kind)
-                if handler is not None:
-                    handler(inner, state)
+        try:
+            for offset, inner in event.inner():
+                kind = type(inner)
+                if kind in OPS:
+                    self._rows(inner, kind, self._file, state.txn, state.batch, offset)
+                    if len(state.batch.changes) >= ROWS_PER_BATCH:
+                        state.batch = self._flush(state.batch)
+                else:
+                    handler = handlers.get(kind)
+                    if handler is not None:
+                        handler(inner, state)
+        except CompressedEventError as exc:
+            raise self._unopened(exc, event.packet.log_pos - event.packet.event_size) from exc
+
+    def _unopened(self, exc: CompressedEventError, pos: Any) -> RowDecodeError:
+        """A compressed event that does not open: a corrupt stream, read again with backoff."""
+        return RowDecodeError(
+            f"source {self.source.name!r}: the compressed binlog event at {self._file}:{pos} "
+            f"could not be opened ({exc}); reading again from {self.resume}"
+        )
 
     def _on_query(self, event: Any, state: _Reading) -> None:
         txn = state.txn

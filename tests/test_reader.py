@@ -353,3 +353,40 @@ def test_the_resume_point_of_the_first_rotate_keeps_the_checkpoint_gtid(
     monkeypatch.setattr(binlog, "ROWS_PER_BATCH", 1)
     _, handoff = read(monkeypatch, events, start=Position(FILE, 4, "0-1-3"))
     assert [b.resume for b in handoff.batches] == [Position(FILE, 4, "0-1-3")]
+
+
+def test_a_compressed_event_that_does_not_open_is_read_again_not_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A corrupt payload is a decode failure, retried with backoff, that names its place."""
+    from relay.compressed import CompressedEventError, TransactionPayloadEvent
+
+    def corrupt() -> Any:
+        raise CompressedEventError("zstd stream does not decode (bad frame)")
+
+    payload = event(TransactionPayloadEvent, 800, size=120, inner=corrupt)
+    events = [rotate(), event(MariadbGtidEvent, 700, gtid="0-1-9", flags=0), payload]
+    with pytest.raises(binlog.RowDecodeError) as raised:
+        read(monkeypatch, events)
+    assert str(raised.value) == (
+        f"source 'shop': the compressed binlog event at {FILE}:800 could not be opened (zstd "
+        f"stream does not decode (bad frame)); reading again from {FILE}:4"
+    )
+
+
+def test_a_mariadb_compressed_event_that_does_not_open_names_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It fails while the stream makes it, before the stream moves past it."""
+    from relay.compressed import CompressedEventError
+
+    class FailingStream(CannedStream):
+        log_pos = 1234
+
+        def fetchone(self) -> Any:
+            raise CompressedEventError("zlib stream does not decode (incomplete)")
+
+    monkeypatch.setattr(binlog, "BinLogStreamReader", lambda **kw: FailingStream([], **kw))
+    reader = binlog.BinlogReader(SOURCE, START, (0, -1), Collected())  # type: ignore[arg-type]
+    with pytest.raises(binlog.RowDecodeError, match=f"event at {FILE}:1234 could not be opened"):
+        reader.run()
