@@ -127,7 +127,8 @@ def check_variables(source: SourceSettings, found: dict[str, str]) -> None:
     """The binlog settings, as SHOW GLOBAL VARIABLES lists them (names in lower case).
 
     A variable the server does not have (MariaDB has no binlog_row_value_options, MySQL no
-    log_bin_compress) cannot be set wrong, so it passes.
+    binlog_legacy_event_pos) cannot be set wrong, so it passes. Compression is not checked:
+    the relay decodes compressed binlogs.
     """
     prefix = f"source {source.name!r}: "
     if found.get("log_bin", "OFF").upper() != "ON":
