@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 
-from app.errors import SourceError
+from app.errors import DecodeError, SourceError
 from relay import values
 
-__all__ = ["SnapshotTable", "describe", "quote"]
+__all__ = ["MissingTable", "SnapshotTable", "describe", "quote"]
 
 Raw = bytes | str
 Convert = Callable[[Raw], Any]
@@ -138,6 +138,10 @@ _CONVERTERS: dict[str, Convert] = {
 }
 
 
+class MissingTable(SourceError):
+    """The table to snapshot does not exist (any more), or this user cannot see it."""
+
+
 def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
@@ -183,7 +187,7 @@ class SnapshotTable:
             for name, convert, value in zip(self.columns, self.converters, raw, strict=True)
         }
 
-    def key_of(self, row: dict[str, Any], raw: Sequence[Raw | None]) -> list[Any]:
+    def key_of(self, raw: Sequence[Raw | None]) -> list[Any]:
         """The values to continue after this row, as the server compares them: the raw
         fetched values of the key columns (text, or bytes for binary keys)."""
         index = {name: i for i, name in enumerate(self.columns)}
@@ -196,7 +200,7 @@ def describe(cursor: Any, db: str, table: str, mariadb: bool) -> SnapshotTable:
     cursor.execute(_COLUMNS_SQL, (db, table))
     found = [(str(name), str(kind).lower()) for name, kind in cursor.fetchall()]
     if not found:
-        raise SourceError(f"snapshot: table {db}.{table} does not exist or cannot be read")
+        raise MissingTable(f"snapshot: table {db}.{table} does not exist or cannot be read")
     cursor.execute(_PRIMARY_KEY_SQL, (db, table))
     pk = tuple(str(name) for (name,) in cursor.fetchall())
     json_columns = values.mariadb_json_columns(cursor, db, table) if mariadb else frozenset()
@@ -205,7 +209,7 @@ def describe(cursor: Any, db: str, table: str, mariadb: bool) -> SnapshotTable:
     for name, kind in found:
         convert = _CONVERTERS.get(kind)
         if convert is None:
-            raise SourceError(
+            raise DecodeError(
                 f"snapshot: column {db}.{table}.{name} has type {kind}, which aesop cannot "
                 "snapshot; exclude the table from the snapshot or report the type"
             )

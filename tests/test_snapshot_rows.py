@@ -15,8 +15,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from app.errors import SourceError
-from relay.snapshot_rows import SESSION, SnapshotTable, describe
+from relay.snapshot_rows import SESSION, MissingTable, SnapshotTable, describe
 from tests.test_values import CASES
 
 # GEOMETRY with SRID 4326 is geographic in MySQL 8, which then checks the coordinates as a
@@ -84,7 +83,7 @@ def _read_all(srv: Server, db: str, table: str, chunk: int) -> list[dict[str, An
                 rows.append(shape.row(raw))
             if not shape.keyed or len(fetched) < chunk:
                 return rows
-            after = shape.key_of(rows[-1], fetched[-1])
+            after = shape.key_of(fetched[-1])
 
 
 def test_every_column_type_as_the_binlog_gives_it(server: tuple[Server, str]) -> None:
@@ -149,6 +148,6 @@ def test_an_unknown_table_is_one_line(server: tuple[Server, str]) -> None:
     with (
         srv.connect(raw=True) as conn,
         conn.cursor() as cur,
-        pytest.raises(SourceError, match=rf"table {db}\.nope does not exist"),
+        pytest.raises(MissingTable, match=rf"table {db}\.nope does not exist"),
     ):
         describe(cur, db, "nope", mariadb=not srv.mysql)
