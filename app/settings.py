@@ -74,6 +74,7 @@ class SourceSettings:
     topic: str
     snapshot: str = "never"  # "initial": existing rows first (op "r"), then the binlog
     snapshot_chunk: int = 2048  # rows per snapshot chunk (SELECT ... LIMIT)
+    signal_table: tuple[str, str] = ("aesop", "signals")  # where `aesop snapshot` asks
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ SOURCE_KEYS: dict[str, tuple[type, bool]] = {
     "topic": (str, False),
     "snapshot": (str, False),
     "snapshot_chunk": (int, False),
+    "signal_table": (str, False),
 }
 CONSUMER_KEYS: dict[str, tuple[type, bool]] = {
     "name": (str, True),
@@ -302,6 +304,9 @@ def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
     chunk = table.get("snapshot_chunk", 2048)
     if not 1 <= chunk <= 100_000:
         raise checker.fail(f"{where}.snapshot_chunk", "must be between 1 and 100000 rows")
+    signal_db, dot, signal_name = table.get("signal_table", "aesop.signals").partition(".")
+    if not (signal_db and dot and signal_name):
+        raise checker.fail(f"{where}.signal_table", "must be db.table")
     include = tuple(table.get("include", ()))
     exclude = tuple(table.get("exclude", ()))
     for pattern in include + exclude:
@@ -317,6 +322,7 @@ def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
         topic=table.get("topic", f"aesop.{name}"),
         snapshot=snapshot,
         snapshot_chunk=chunk,
+        signal_table=(signal_db, signal_name),
     )
 
 

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -42,7 +42,7 @@ from relay import _pmr_patches, values
 from relay.decoder import RowDecoder, layout_key
 from relay.handoff import Batch, Handoff, SerializedChange, Stopped
 from relay.include import TableFilter
-from relay.snapshot import Published, Snapshotter
+from relay.snapshot import INCREMENTAL, Published, Snapshotter, snapshot_request
 from tables.positions import Position, SnapshotProgress, scn_of
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,10 @@ class BinlogReader:
         }
 
     def _on_rows(self, event: Any, state: _Reading) -> None:
+        if (event.schema, event.table) == self.source.signal_table:
+            if type(event) is WriteRowsEvent:
+                self._on_signals(event, state)
+            return
         self._rows(event, type(event), self._file, state.txn, state.batch)
         if len(state.batch.changes) >= ROWS_PER_BATCH:
             state.batch = self._flush(state.batch)
@@ -371,6 +375,33 @@ class BinlogReader:
             f'start = "{file}:<pos>" at a transaction start after them (SHOW BINLOG EVENTS IN '
             f"'{file}' FROM {pos}), or start = \"latest\""
         )
+
+    def _on_signals(self, event: Any, state: _Reading) -> None:
+        """Rows written to the signal table: snapshot requests (``aesop snapshot``), taken
+        where the binlog has them; one a re-read meets again adds nothing."""
+        asked: list[tuple[str, str]] = []
+        for _, row in self._decoder(event).images(event, CREATE):
+            assert row is not None
+            for table in snapshot_request(self.source, row, self._wants):
+                if table not in asked:
+                    asked.append(table)
+        if not asked:
+            return
+        progress = self.snapshot_progress if self._snap is None else self._snap.progress
+        if progress is None:
+            progress = SnapshotProgress(INCREMENTAL, ())
+        queued = set(progress.tables)
+        added = tuple(t for t in asked if t not in queued)
+        if not added:
+            return
+        progress = replace(progress, tables=progress.tables + added)
+        log.info("relay %s: snapshot of %s requested", self.source.name,
+                 ", ".join(f"{db}.{table}" for db, table in added))  # fmt: skip
+        if self._snap is None:
+            self._snap = Snapshotter(self.source, progress, self.source.snapshot_chunk)
+        else:
+            self._snap.progress = progress
+        state.batch.snapshot, state.batch.snapshot_set = progress, True
 
     def _snapshot_step(self, state: _Reading, boundary: Position) -> None:
         """At a transaction boundary: publish each waiting chunk whose ``high`` the stream

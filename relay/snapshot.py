@@ -67,6 +67,40 @@ def included_tables(cursor: Any, source: SourceSettings) -> tuple[tuple[str, str
     return tuple((str(db), str(t)) for db, t in cursor.fetchall() if wants(str(db), str(t)))
 
 
+SIGNAL_TYPE = "execute-snapshot"
+
+
+def snapshot_request(
+    source: SourceSettings, row: dict[str, Any], wants: Callable[[str, str], bool]
+) -> list[tuple[str, str]]:
+    """The tables a signal row asks this source to snapshot (Debezium's signal format: ``id``,
+    ``type`` "execute-snapshot", ``data`` {"data-collections": ["db.table", ...]}, and aesop's
+    optional "source": the source's name, for a server several sources read). A malformed
+    row, or a table this source does not publish, is logged and left out."""
+    if row.get("type") != SIGNAL_TYPE:
+        return []
+    try:
+        data = orjson.loads(row.get("data") or "")
+        names = data["data-collections"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        log.warning("relay %s: signal %r is not a snapshot request (data %r); ignored",
+                    source.name, row.get("id"), row.get("data"))  # fmt: skip
+        return []
+    if data.get("source") not in (None, source.name):
+        return []
+    tables = []
+    for name in names:
+        db, dot, table = name.partition(".")
+        if dot and wants(db, table):
+            tables.append((db, table))
+        else:
+            log.warning("relay %s: signal %r: %s is not a table this source publishes; left out",
+                        source.name, row.get("id"), name)  # fmt: skip
+    return tables
+
+
 def stored_key(raw: Any) -> tuple[Any, ...]:
     """A fetched key (text, or bytes for binary columns) in the checkpoint's JSON form."""
     return tuple(

@@ -12,12 +12,13 @@ import orjson
 import pymysql
 import pytest
 
+from tests.support.cli import aesop_snapshot
 from tests.support.config import ConfigFactory, SourceSpec
 from tests.support.kafka import count_then_settle, read_topic
 from tests.support.mysql import master_position, mysql_url, sql
 from tests.support.replica import assert_converges, consumer_toml, create_schema
 from tests.support.stack import wait_until
-from tests.support.workers import WorkerFactory
+from tests.support.workers import Worker, WorkerFactory
 from tests.support.zookeeper import zk_get
 from tests.test_mysql_handler import SCHEMA, wide_workload, workload
 
@@ -77,6 +78,27 @@ class Churn(threading.Thread):
         assert not self.is_alive() and self.error is None, self.error
 
 
+def kill_once_under_way(worker: Worker, zk_path: str) -> dict[str, Any]:
+    """kill -9 the worker once its checkpoint holds some snapshot progress; that checkpoint."""
+    progress: dict[str, Any] = wait_until(
+        lambda: (c := zk_get(zk_path)) and (c.get("snapshot") or {}).get("done", 0) > 0 and c,
+        timeout=120,
+        what="a checkpoint with snapshot progress",
+    )
+    worker.kill()
+    return progress
+
+
+def caught_up(zk_path: str) -> None:
+    """Wait until the relay's checkpoint reaches the server's position now."""
+    end = master_position()
+    wait_until(
+        lambda: (c := zk_get(zk_path)) and f"{c['file']}:{c['pos']}" >= end,
+        timeout=60,
+        what=f"the checkpoint to reach {end}",
+    )
+
+
 def replayed(messages: list[dict[str, Any]]) -> dict[bytes, dict[str, Any]]:
     """The table as a consumer applying the events in (scn, row) order would hold it."""
     state: dict[bytes, dict[str, Any]] = {}
@@ -133,12 +155,7 @@ def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
     first = workers.start(config)
     first.wait_for_log(f"relay {SOURCE}: initial snapshot of 1 table(s): {database}.items from")
     # Kill it once the checkpoint holds some snapshot progress, with rows still to read.
-    progress = wait_until(
-        lambda: (c := zk_get(zk_path)) and (c.get("snapshot") or {}).get("done", 0) > 0 and c,
-        timeout=120,
-        what="a checkpoint with snapshot progress",
-    )
-    first.kill()
+    progress = kill_once_under_way(first, zk_path)
     done_at_kill = progress["snapshot"]["done"]
     assert done_at_kill < ROWS, "the snapshot finished before the kill: make the table bigger"
     second = workers.start(config)
@@ -148,12 +165,7 @@ def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
     assert int(orjson.loads(resumed)) >= int(progress["snapshot"]["after"][0])
     second.wait_for_log(f"relay {SOURCE}: initial snapshot done", timeout=180)
     churn.finish()
-    end = master_position()
-    wait_until(
-        lambda: (c := zk_get(zk_path)) and f"{c['file']}:{c['pos']}" >= end,
-        timeout=60,
-        what="the checkpoint to reach the end of the churn",
-    )
+    caught_up(zk_path)
     assert second.stop() == 0
     messages = read_topic(topic, count_then_settle(ROWS, 3.0), timeout=120)
     events = [m["value"] for m in messages]
@@ -236,13 +248,118 @@ def test_rows_changed_while_their_chunk_is_read_are_never_published_older(
     worker.wait_for_log(f"relay {SOURCE}: initial snapshot done", timeout=180)
     updates.finish()
     zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
-    end = master_position()
-    wait_until(
-        lambda: (c := zk_get(zk_path)) and f"{c['file']}:{c['pos']}" >= end,
-        timeout=60,
-        what="the checkpoint to reach the end of the updates",
-    )
+    caught_up(zk_path)
     messages = read_topic(topic, count_then_settle(rows, 3.0), timeout=120)
     snapshot_rows = sum(m["value"]["op"] == "r" for m in messages)
     assert snapshot_rows <= rows
     assert replayed(messages) == source_rows(database)
+
+
+def _streaming_source(make_config: ConfigFactory, database: str, extra: str = "") -> Path:
+    spec = SourceSpec(
+        name=SOURCE,
+        include=[f"{database}.*"],
+        server_id=7000 + random.randrange(10**8),
+        start=master_position(),
+        topic=f"aesop.{make_config.app_id}",
+        snapshot_chunk=CHUNK,
+    )
+    return make_config(sources=[spec], extra=extra)
+
+
+def test_aesop_snapshot_while_streaming_with_a_kill_9_mid_way(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str
+) -> None:
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
+        " amount DECIMAL(10,2), at DATETIME(3))",
+        f"INSERT INTO items SELECT seq, 0, CONCAT('row ', seq), 10.50, NULL FROM seq_1_to_{ROWS}",
+        database=database,
+    )
+    config = _streaming_source(make_config, database)
+    zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
+    churn = Churn(database, ROWS)
+    churn.start()
+    first = workers.start(config)
+    first.wait_for_log(f"relay {SOURCE}: reading")
+    wait_until(lambda: zk_get(f"/aesop-test/{make_config.app_id}/heartbeats/{SOURCE}"), 30,
+               "the relay's heartbeat")  # fmt: skip
+    asked = aesop_snapshot(config, SOURCE, f"{database}.items")
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.startswith(f"ok: source '{SOURCE}': snapshot of {database}.items requested")
+    first.wait_for_log(f"relay {SOURCE}: snapshot of {database}.items requested")
+    progress = kill_once_under_way(first, zk_path)
+    assert progress["snapshot"]["kind"] == "incremental"
+    assert progress["snapshot"]["done"] < ROWS, "done before the kill: make the table bigger"
+    second = workers.start(config)
+    second.wait_for_log(f"relay {SOURCE}: incremental snapshot done", timeout=180)
+    churn.finish()
+    caught_up(zk_path)
+    messages = read_topic(f"aesop.{make_config.app_id}", count_then_settle(ROWS, 3.0), 120)
+    assert replayed(messages) == source_rows(database)
+    # Done: a second request is taken, and --wait returns once it is done.
+    again = aesop_snapshot(config, SOURCE, f"{database}.items", "--wait", "--timeout", "120")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-1] == f"ok: source '{SOURCE}': snapshot done"
+    assert zk_get(zk_path).get("snapshot") is None
+
+
+def test_aesop_snapshot_refuses_what_it_cannot_take_in_one_line(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str
+) -> None:
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY)",
+        "CREATE TABLE hidden (id INT PRIMARY KEY)",
+        "INSERT INTO items SELECT seq FROM seq_1_to_20000",  # read a row at a time: slow
+        database=database,
+    )
+    user = f"snap_{database[-8:]}"
+    sql(
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'",
+        f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{user}'@'%'",
+        f"GRANT SELECT ON {database}.items TO '{user}'@'%'",
+        f"GRANT INSERT ON {database}.hidden TO '{user}'@'%'",  # seen, but not readable
+        f"GRANT ALL ON aesop.* TO '{user}'@'%'",
+    )
+    try:
+        spec = SourceSpec(
+            name=SOURCE,
+            include=[f"{database}.*"],
+            server_id=7000 + random.randrange(10**8),
+            start=master_position(),
+            topic=f"aesop.{make_config.app_id}",
+            mysql=f"mysql://{user}:pw@127.0.0.1:3306",
+            snapshot_chunk=1,
+        )
+        config = make_config(sources=[spec])
+
+        def refused(*args: str) -> str:
+            done = aesop_snapshot(config, *args)
+            assert done.returncode == 2 and done.stdout == "", (done.returncode, done.stdout)
+            (line,) = done.stderr.splitlines()
+            return line
+
+        assert "no worker runs the relay of source 'shop'" in refused(SOURCE, f"{database}.items")
+        worker = workers.start(config)
+        worker.wait_for_log(f"relay {SOURCE}: reading")
+        wait_until(lambda: zk_get(f"/aesop-test/{make_config.app_id}/heartbeats/{SOURCE}"), 30,
+                   "the relay's heartbeat")  # fmt: skip
+        assert "no [[source]] named 'nope'" in refused("nope", f"{database}.items")
+        assert "does not publish mysql.user" in refused(SOURCE, "mysql.user")
+        assert "'items' is not db.table" in refused(SOURCE, "items")
+        assert f"table {database}.gone does not exist" in refused(SOURCE, f"{database}.gone")
+        line = refused(SOURCE, f"{database}.hidden")
+        assert f"{user} cannot read {database}.hidden" in line and "GRANT SELECT" in line
+        # Nothing was asked of the relay by any of those.
+        if sql("SHOW TABLES FROM aesop LIKE 'signals'"):
+            mine = f"SELECT COUNT(*) FROM aesop.signals WHERE data LIKE '%{database}.%'"
+            assert sql(mine)[0][0] == 0
+        # One at a time: a second request while the first runs is refused.
+        asked = aesop_snapshot(config, SOURCE, f"{database}.items")
+        assert asked.returncode == 0, asked.stderr
+        zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
+        wait_until(lambda: (zk_get(zk_path) or {}).get("snapshot"), 30, "the snapshot to run")
+        line = refused(SOURCE, f"{database}.items")
+        assert "an incremental snapshot is under way" in line, line
+    finally:
+        sql(f"DROP USER '{user}'@'%'")
