@@ -41,7 +41,7 @@ Row = dict[str, Any]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class EventSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class EventSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Where a change was read: ``source`` in the event."""
 
     name: str  # the [[source]]'s name
@@ -53,7 +53,7 @@ class EventSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
     gtid: str | None  # the transaction's GTID, where the server has one
     ts_ms: int  # the commit time in the binlog
     # The contract's snapshot flag: true on a snapshot event, "last" on the last row of a
-    # table's snapshot. The relay reads only the binlog and leaves it out (false).
+    # table's snapshot, false on an event read from the binlog.
     snapshot: bool | Literal["last"] = False
 
 
@@ -122,6 +122,7 @@ def source_block(
     pos: int,
     gtid: str | None,
     ts_ms: int,
+    snapshot: bool | str = False,
 ) -> orjson.Fragment:
     """The event's ``source``, serialized, to be embedded as it is in each row's event."""
     return orjson.Fragment(
@@ -135,6 +136,7 @@ def source_block(
                 "pos": pos,
                 "gtid": gtid,
                 "ts_ms": ts_ms,
+                "snapshot": snapshot,
             }
         )
     )

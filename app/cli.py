@@ -1,4 +1,4 @@
-"""The ``aesop`` command: check, lag, worker."""
+"""The ``aesop`` command: check, lag, snapshot, worker."""
 
 from __future__ import annotations
 
@@ -150,6 +150,21 @@ def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if over else 0
 
 
+def cmd_snapshot(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask for an incremental snapshot; exit 0 once written (``--wait``: once done)."""
+    from app import snapshot_cmd
+
+    mirrored = mirrored_for_check(settings)
+    after = snapshot_cmd.request(settings, args.source, args.tables, mirrored)
+    snapshot_cmd.print_accepted(args.source, args.tables, after)
+    if args.wait:
+        snapshot_cmd.wait(
+            settings, args.source, after, lambda: mirrored_for_check(settings), args.timeout
+        )
+        print(f"ok: source {args.source!r}: snapshot done")
+    return 0
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -185,6 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="exit 1 when any lag is above this (default: [lag] critical_seconds)",
     )
     lag.add_argument("--email", action="store_true", help="also send the report through [smtp]")
+    snapshot = commands.add_parser(
+        "snapshot", help="snapshot tables of a source while its relay streams (op r events)"
+    )
+    snapshot.add_argument("source", help="the [[source]]'s name")
+    snapshot.add_argument("tables", nargs="+", metavar="DB.TABLE")
+    snapshot.add_argument("--wait", action="store_true", help="return once it is done")
+    snapshot.add_argument(
+        "--timeout", type=_seconds, default=3600.0, help="with --wait: give up after (s)"
+    )
     worker = commands.add_parser("worker", help="run a worker: relays and consumers")
     worker.add_argument("-l", "--loglevel", default="info")
     args = parser.parse_args(argv)
@@ -196,7 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         settings = settings_module.load(args.config)
-        commands_by_name = {"check": cmd_check, "lag": cmd_lag, "worker": cmd_worker}
+        commands_by_name = {
+            "check": cmd_check,
+            "lag": cmd_lag,
+            "snapshot": cmd_snapshot,
+            "worker": cmd_worker,
+        }
         return commands_by_name[args.command](settings, args)
     except AesopError as exc:
         print(f"aesop: {exc}", file=sys.stderr)

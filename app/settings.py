@@ -72,6 +72,9 @@ class SourceSettings:
     exclude: tuple[str, ...]
     start: str
     topic: str
+    snapshot: str = "never"  # "initial": existing rows first (op "r"), then the binlog
+    snapshot_chunk: int = 2048  # rows per snapshot chunk (SELECT ... LIMIT)
+    signal_table: tuple[str, str] = ("aesop", "signals")  # where `aesop snapshot` asks
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,9 @@ SOURCE_KEYS: dict[str, tuple[type, bool]] = {
     "exclude": (list, False),
     "start": (str, False),
     "topic": (str, False),
+    "snapshot": (str, False),
+    "snapshot_chunk": (int, False),
+    "signal_table": (str, False),
 }
 CONSUMER_KEYS: dict[str, tuple[type, bool]] = {
     "name": (str, True),
@@ -286,6 +292,21 @@ def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
             f"{where}.start",
             f"{start!r} is not earliest, latest, 'mysql-bin.000003:4' or 'gtid:<set>'",
         )
+    snapshot = table.get("snapshot", "never")
+    if snapshot not in ("never", "initial"):
+        raise checker.fail(f"{where}.snapshot", f"{snapshot!r} is not 'never' or 'initial'")
+    if snapshot == "initial" and "start" in table:
+        raise checker.fail(
+            f"{where}.start",
+            "a source with snapshot = 'initial' streams from where its snapshot begins; "
+            "remove start",
+        )
+    chunk = table.get("snapshot_chunk", 2048)
+    if not 1 <= chunk <= 100_000:
+        raise checker.fail(f"{where}.snapshot_chunk", "must be between 1 and 100000 rows")
+    signal_db, dot, signal_name = table.get("signal_table", "aesop.signals").partition(".")
+    if not (signal_db and dot and signal_name):
+        raise checker.fail(f"{where}.signal_table", "must be db.table")
     include = tuple(table.get("include", ()))
     exclude = tuple(table.get("exclude", ()))
     for pattern in include + exclude:
@@ -299,6 +320,9 @@ def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
         exclude=exclude,
         start=start,
         topic=table.get("topic", f"aesop.{name}"),
+        snapshot=snapshot,
+        snapshot_chunk=chunk,
+        signal_table=(signal_db, signal_name),
     )
 
 

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -35,7 +35,7 @@ from pymysqlreplication.row_event import (
     WriteRowsEvent,
 )
 
-from app.change_event import CREATE, DELETE, UPDATE, key_prefix, source_block
+from app.change_event import CREATE, DELETE, READ, UPDATE, key_prefix, source_block
 from app.errors import DecodeError, LibraryVersionError, PositionLostError, SourceError
 from app.settings import SourceSettings
 from relay import _pmr_patches, values
@@ -43,7 +43,8 @@ from relay.compressed import CompressedEventError, MariadbCompressedEvent, Trans
 from relay.decoder import RowDecoder, layout_key
 from relay.handoff import Batch, Handoff, SerializedChange, Stopped
 from relay.include import TableFilter
-from tables.positions import Position, scn_of
+from relay.snapshot import INCREMENTAL, Published, Snapshotter, snapshot_request
+from tables.positions import Position, SnapshotProgress, scn_of
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class BinlogReader:
         handoff: Handoff,
         clock: Callable[[], float] = time.time,
         on_streaming: Callable[[], None] | None = None,
+        snapshot: SnapshotProgress | None = None,
     ) -> None:
         _pmr_patches.apply()  # done at worker start; here for readers made without a worker
         unreviewed = unreviewed_types(_pmr_patches.event_map())
@@ -230,6 +232,21 @@ class BinlogReader:
         self._file = start.file  # the binlog file being read, for error messages
         self._handlers: dict[type, Callable[[Any, _Reading], None]] = {}
         self._is_mariadb = False
+        # A snapshot under way (relay.snapshot), and its progress as of the last handed batch.
+        self.snapshot_progress = snapshot
+        self._snap = (
+            None if snapshot is None else Snapshotter(source, snapshot, source.snapshot_chunk)
+        )
+        if snapshot is not None:
+            db, table = snapshot.tables[0]
+            log.info(
+                "relay %s: %s snapshot of %d table(s): %s.%s %s (%d rows of it published)",
+                source.name, snapshot.kind, len(snapshot.tables), db, table,
+                "from the start"
+                if snapshot.after is None
+                else f"after key {orjson.dumps(snapshot.after).decode()}",
+                snapshot.done,
+            )  # fmt: skip
 
     def stop(self) -> None:
         """Ask the thread to stop; closing the stream unblocks a pending read."""
@@ -278,6 +295,8 @@ class BinlogReader:
             self._close()
 
     def _close(self) -> None:
+        if self._snap is not None:
+            self._snap.close()
         if self._ctl is not None:
             with contextlib.suppress(Exception):
                 self._ctl.close()
@@ -383,7 +402,9 @@ class BinlogReader:
         batch.resume = Position(self._file, event.packet.log_pos, txn.gtid)
         state.ended_gtid = txn.gtid
         txn.begin(None, open_=False)
-        state.batch = self._flush(batch)
+        if self._snap is not None:
+            self._snapshot_step(state, batch.resume)
+        state.batch = self._flush(state.batch)
 
     def _on_mariadb_gtid(self, event: Any, state: _Reading) -> None:
         # FL_STANDALONE (1): a DDL or other statement that is its own transaction.
@@ -405,7 +426,16 @@ class BinlogReader:
 
     def _on_heartbeat(self, event: Any, state: _Reading) -> None:
         self._mark_streaming()
-        if state.batch.changes:
+        if self._snap is not None and not state.txn.open:
+            # Nothing more to send and no transaction open: the server's position is a
+            # boundary too (past the last commit when non-transactional events followed it).
+            boundary = state.batch.resume
+            assert boundary is not None
+            at = event.packet.log_pos
+            if at and (self._file, at) > (boundary.file, boundary.pos):
+                boundary = Position(self._file, at, boundary.gtid)
+            self._snapshot_step(state, boundary)
+        if state.batch.changes or state.batch.snapshot_set:
             state.batch = self._flush(state.batch)
 
     def _on_undecodable(self, event: Any, state: _Reading) -> None:
@@ -460,6 +490,88 @@ class BinlogReader:
             f"'{file}' FROM {pos}), or start = \"latest\""
         )
 
+    def _on_signals(self, event: Any, batch: Batch) -> None:
+        """Rows written to the signal table: snapshot requests (``aesop snapshot``), taken
+        where the binlog has them; one a re-read meets again adds nothing."""
+        asked: list[tuple[str, str]] = []
+        for _, row in self._decoder(event).images(event, CREATE):
+            assert row is not None
+            for table in snapshot_request(self.source, row, self._wants):
+                if table not in asked:
+                    asked.append(table)
+        if not asked:
+            return
+        progress = self.snapshot_progress if self._snap is None else self._snap.progress
+        if progress is None:
+            progress = SnapshotProgress(INCREMENTAL, ())
+        queued = set(progress.tables)
+        added = tuple(t for t in asked if t not in queued)
+        if not added:
+            return
+        progress = replace(progress, tables=progress.tables + added)
+        log.info("relay %s: snapshot of %s requested", self.source.name,
+                 ", ".join(f"{db}.{table}" for db, table in added))  # fmt: skip
+        if self._snap is None:
+            self._snap = Snapshotter(self.source, progress, self.source.snapshot_chunk)
+        else:
+            self._snap.progress = progress
+        batch.snapshot, batch.snapshot_set = progress, True
+
+    def _snapshot_step(self, state: _Reading, boundary: Position) -> None:
+        """At a transaction boundary: publish each waiting chunk whose ``high`` the stream
+        reached, and read the next, until one must wait for the stream or none is left."""
+        snap = self._snap
+        assert snap is not None
+        at = scn_of(boundary.file, boundary.pos)
+        while not self.stopping.is_set():
+            if snap.chunk is None and not snap.read_chunk():
+                snap.close()
+                self._snap = None
+                return
+            if not snap.ready(at):
+                return
+            published = snap.take()
+            if published is not None:
+                self._publish_chunk(published, boundary, at, state)
+
+    def _publish_chunk(
+        self, published: Published, boundary: Position, at: int, state: _Reading
+    ) -> None:
+        """A chunk's rows as ``r`` events at the boundary's SCN, then hand them over."""
+        batch = state.batch
+        shape = published.table
+        snap = self._snap
+        assert snap is not None
+        done_scn, done_row = self.published_through
+        first = done_row + 1 if done_scn == at else 0
+        if batch.changes and batch.changes[-1].scn == at:
+            first = batch.changes[-1].row + 1
+        args = (self.source.name, snap.server_id, shape.db, shape.table, boundary.file,
+                boundary.pos, None, published.read_ms)  # fmt: skip
+        source, last_source = source_block(*args, snapshot=True), source_block(*args, "last")
+        now_ms = int(self.clock() * 1000)
+        rows = published.rows
+        for i, (key, after) in enumerate(rows):
+            last = i == len(rows) - 1
+            change = {
+                "op": READ,
+                "source": last_source if last and published.last_of_table else source,
+                "scn": at,
+                "row": first + i,
+                "txn": {"seq": i, "last": last},
+                "key": {name: after[name] for name in shape.pk} if shape.pk else None,
+                "before": None,
+                "after": after,
+                "changed": [],
+                "ts_ms": now_ms,
+            }
+            batch.changes.append(SerializedChange(key, _dumps(change), at, first + i))
+        if rows:
+            counted = (shape.db, shape.table, READ)
+            batch.counts[counted] = batch.counts.get(counted, 0) + len(rows)
+        batch.snapshot, batch.snapshot_set = published.progress, True
+        state.batch = self._flush(batch)
+
     def _mark_streaming(self) -> None:
         if not self.streaming:
             self.streaming = True
@@ -474,9 +586,13 @@ class BinlogReader:
         if batch.changes:
             batch.last = (batch.changes[-1].scn, batch.changes[-1].row)
             self.published_through = batch.last
-        elif batch.resume == self._handed_resume or now - self._handed_at < POSITION_EVERY_S:
+        elif not batch.snapshot_set and (
+            batch.resume == self._handed_resume or now - self._handed_at < POSITION_EVERY_S
+        ):
             return batch
         self.handoff.put(batch, self.stopping)
+        if batch.snapshot_set:
+            self.snapshot_progress = batch.snapshot
         self._handed_resume, self._handed_at = batch.resume, now
         self._mark_streaming()
         return Batch(resume=batch.resume)
@@ -529,6 +645,10 @@ class BinlogReader:
         first_row: int = 0,
     ) -> None:
         db, table = event.schema, event.table
+        if (db, table) == self.source.signal_table:
+            if kind is WriteRowsEvent:
+                self._on_signals(event, batch)
+            return
         if not self._wants(db, table):
             return
         if not event.packet.log_pos:
@@ -554,6 +674,8 @@ class BinlogReader:
         key_head = key_prefix(db, table)
         skip_scn, skip_row = self.skip_through
         now_ms = int(self.clock() * 1000)
+        snap = self._snap
+        watched = snap is not None and snap.watching(db, table, scn)
         # ``row`` numbers the events built from this rows event, which is more than its rows
         # when an update changes a primary key; the same bytes always number the same way.
         # Inside a compressed transaction the numbers start at the event's offset in it.
@@ -585,7 +707,11 @@ class BinlogReader:
                     "ts_ms": now_ms,
                 }
                 self._release(txn, batch, last=False)
-                txn.held = (change, key_head + orjson.dumps(key_values) + b"}")
+                key = key_head + orjson.dumps(key_values) + b"}"
+                txn.held = (change, key)
+                if watched:
+                    assert snap is not None
+                    snap.drop(key)
         counts = batch.counts
         for op_, n in made.items():
             if n:

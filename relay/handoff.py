@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from tables.positions import Position
+from tables.positions import Position, SnapshotProgress
 
 
 class Stopped(Exception):
@@ -42,6 +42,9 @@ class Batch:
     # last change, held until its transaction's end is known, may travel in the next batch).
     counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     commit_ts: int | None = None
+    # A snapshot's progress once this batch is acknowledged (``snapshot_set``; None: done).
+    snapshot: SnapshotProgress | None = None
+    snapshot_set: bool = False
 
 
 class Handoff:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pymysql
 
 from app.errors import PositionLostError, SourceError
 from app.settings import SourceSettings
-from tables.positions import Checkpoint, Position
+from relay import snapshot
+from tables.positions import Checkpoint, Position, SnapshotProgress
 
 # The settings a row-based reader needs, and the value each must have.
 REQUIRED = (
@@ -202,6 +204,8 @@ def check_position(
 def starting_checkpoint(source: SourceSettings, conn: pymysql.connections.Connection) -> Checkpoint:
     """Where a source with no checkpoint starts, per its ``start`` setting."""
     start = source.start
+    if source.snapshot == "initial":  # the snapshot reads what the binlog before holds
+        return Checkpoint.at(current_position(conn))
     if start == "earliest":
         files = binary_logs(conn)
         if not files:
@@ -229,6 +233,12 @@ def check(source: SourceSettings, checkpoint: Checkpoint | None) -> tuple[Checkp
             found = check_server(source, conn)
             chosen = checkpoint or starting_checkpoint(source, conn)
             check_position(source, conn, chosen.position)
+            if checkpoint is None and source.snapshot == "initial":
+                with conn.cursor() as cur:
+                    tables = snapshot.included_tables(cur, source)
+                if tables:
+                    progress = SnapshotProgress(snapshot.INITIAL, tables)
+                    chosen = replace(chosen, snapshot=progress)
         except pymysql.err.MySQLError as exc:
             raise SourceError(f"source {source.name!r}: {describe(exc, source)}") from None
     return chosen, compression_report(found)

@@ -228,7 +228,11 @@ class SourceRelay:
             origin = "zookeeper"
             checkpoint = await self._mirrored()
         if checkpoint is None:
-            origin = f"start = {self.source.start}"
+            origin = (
+                "snapshot = initial (the server's current position)"
+                if self.source.snapshot == "initial"
+                else f"start = {self.source.start}"
+            )
         for delay in RECONNECT.delays():
             try:
                 chosen = await asyncio.to_thread(preflight.preflight, self.source, checkpoint)
@@ -272,15 +276,22 @@ class SourceRelay:
     ) -> None:
         """Run reader threads until stopped, reconnecting with backoff after failures."""
         resume, published = checkpoint.position, checkpoint.last
+        progress = checkpoint.snapshot
         while not self._stopping.is_set():
             reader = self._reader = BinlogReader(
-                self.source, resume, published, handoff, on_streaming=self._on_streaming
+                self.source,
+                resume,
+                published,
+                handoff,
+                on_streaming=self._on_streaming,
+                snapshot=progress,
             )
             done = self._start_thread(reader)
             self.reading = True
             failure = await self._pump(handoff, done, acker)
             self.reading = False
             resume, published = reader.resume, reader.published_through
+            progress = reader.snapshot_progress
             if failure is None or self._stopping.is_set():
                 return
             self.reconnects += 1
@@ -365,7 +376,8 @@ class SourceRelay:
                 self.lag_s = max(0.0, time.time() - batch.commit_ts)
             assert batch.resume is not None and self.acked is not None
             last = batch.last if batch.last is not None else self.acked.last
-            self.acked = Checkpoint.at(batch.resume, last)
+            progress = batch.snapshot if batch.snapshot_set else self.acked.snapshot
+            self.acked = Checkpoint.at(batch.resume, last, progress)
 
     async def _drain(self, acker: asyncio.Future[None]) -> None:
         while self._in_flight and not acker.done():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app.errors import SourceError
@@ -44,6 +44,39 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotProgress:
+    """A source's snapshot still to do, kept in its checkpoint: the tables in order, the first
+    one under way, read up to ``after`` (the last key Kafka acknowledged, in the stored form of
+    ``relay.snapshot``), ``done`` of its rows published."""
+
+    kind: str  # "initial" (snapshot = "initial") or "incremental" (aesop snapshot)
+    tables: tuple[tuple[str, str], ...]  # (db, table)
+    after: tuple[Any, ...] | None = None
+    done: int = 0
+    rows: int = 0  # rows published by this snapshot, every table
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "tables": [list(t) for t in self.tables],
+            "after": None if self.after is None else list(self.after),
+            "done": self.done,
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SnapshotProgress:
+        after = data.get("after")
+        return cls(
+            kind=str(data["kind"]),
+            tables=tuple((str(db), str(table)) for db, table in data["tables"]),
+            after=None if after is None else tuple(after),
+            done=int(data.get("done", 0)),
+            rows=int(data.get("rows", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Where a source's relay resumes, and the last event Kafka acknowledged.
 
@@ -57,6 +90,7 @@ class Checkpoint:
     scn: int
     row: int
     ts_ms: int
+    snapshot: SnapshotProgress | None = None  # a snapshot under way
 
     @property
     def position(self) -> Position:
@@ -67,13 +101,25 @@ class Checkpoint:
         return (self.scn, self.row)
 
     @classmethod
-    def at(cls, position: Position, last: tuple[int, int] | None = None) -> Checkpoint:
+    def at(
+        cls,
+        position: Position,
+        last: tuple[int, int] | None = None,
+        snapshot: SnapshotProgress | None = None,
+    ) -> Checkpoint:
         """A checkpoint at ``position``; with no ``last``, nothing before it is skipped."""
         scn, row = last if last is not None else (scn_of(position.file, position.pos), -1)
-        return cls(position.file, position.pos, position.gtid, scn, row, int(time.time() * 1000))
+        return cls(
+            position.file, position.pos, position.gtid, scn, row, int(time.time() * 1000), snapshot
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """``{file, pos, gtid, scn, row, ts_ms}``, and ``snapshot`` while one is under way."""
+        data = {"file": self.file, "pos": self.pos, "gtid": self.gtid, "scn": self.scn,
+                "row": self.row, "ts_ms": self.ts_ms}  # fmt: skip
+        if self.snapshot is not None:
+            data["snapshot"] = self.snapshot.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> Checkpoint:
@@ -86,6 +132,11 @@ class Checkpoint:
                 scn=int(data["scn"]),
                 row=int(data["row"]),
                 ts_ms=int(data.get("ts_ms", 0)),
+                snapshot=(
+                    None
+                    if data.get("snapshot") is None
+                    else SnapshotProgress.from_json(data["snapshot"])
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise SourceError(

@@ -87,7 +87,7 @@ RELAY_OUTPUT: list[tuple[bytes, bytes]] = [
     (
         b'{"db":"shop","table":"orders","pk":{"id":1}}',
         b'{"op":"u","source":{"name":"shop","server_id":1,"db":"shop","table":"orders",'
-        b'"file":"mysql-bin.000007","pos":1234,"gtid":"0-1-57","ts_ms":1700000000000},'
+        b'"file":"mysql-bin.000007","pos":1234,"gtid":"0-1-57","ts_ms":1700000000000,"snapshot":false},'
         b'"scn":30064772306,"row":0,"txn":{"seq":0,"last":false},"key":{"id":1},'
         b'"before":{"id":1,"amount":"10.50","status":"new"},"after":{"id":1,'
         b'"amount":"21.00","status":"new"},"changed":["amount"],"ts_ms":1732460000042}',
@@ -95,7 +95,7 @@ RELAY_OUTPUT: list[tuple[bytes, bytes]] = [
     (
         b'{"db":"shop","table":"orders","pk":{"id":2}}',
         b'{"op":"d","source":{"name":"shop","server_id":1,"db":"shop","table":"orders",'
-        b'"file":"mysql-bin.000007","pos":1234,"gtid":"0-1-57","ts_ms":1700000000000},'
+        b'"file":"mysql-bin.000007","pos":1234,"gtid":"0-1-57","ts_ms":1700000000000,"snapshot":false},'
         b'"scn":30064772306,"row":1,"txn":{"seq":1,"last":false},"key":{"id":2},'
         b'"before":{"id":2,"amount":"1.00","status":"new"},"after":null,"changed":[],'
         b'"ts_ms":1732460000042}',
@@ -103,7 +103,7 @@ RELAY_OUTPUT: list[tuple[bytes, bytes]] = [
     (
         b'{"db":"shop","table":"orders","pk":{"id":12}}',
         b'{"op":"c","source":{"name":"shop","server_id":1,"db":"shop","table":"orders",'
-        b'"file":"mysql-bin.000007","pos":1234,"gtid":"0-1-57","ts_ms":1700000000000},'
+        b'"file":"mysql-bin.000007","pos":1234,"gtid":"0-1-57","ts_ms":1700000000000,"snapshot":false},'
         b'"scn":30064772306,"row":2,"txn":{"seq":2,"last":false},"key":{"id":12},'
         b'"before":null,"after":{"id":12,"amount":"1.00","status":"paid"},"changed":[],'
         b'"ts_ms":1732460000042}',
@@ -112,7 +112,7 @@ RELAY_OUTPUT: list[tuple[bytes, bytes]] = [
         b'{"db":"shop","table":"notes \\"\xc3\xbc\\"","pk":null}',
         b'{"op":"c","source":{"name":"shop","server_id":1,"db":"shop",'
         b'"table":"notes \\"\xc3\xbc\\"","file":"mysql-bin.000007","pos":1400,'
-        b'"gtid":"0-1-57","ts_ms":1700000000000},"scn":30064772472,"row":0,"txn":{"seq":3,'
+        b'"gtid":"0-1-57","ts_ms":1700000000000,"snapshot":false},"scn":30064772472,"row":0,"txn":{"seq":3,'
         b'"last":false},"key":null,"before":null,'
         b'"after":{"note":"\xc3\xa9t\xc3\xa9 \xe2\x98\x83\\n","n":1.5,"tags":["a","b"],'
         b'"doc":{"k":null}},"changed":[],"ts_ms":1732460000042}',
@@ -120,7 +120,7 @@ RELAY_OUTPUT: list[tuple[bytes, bytes]] = [
     (
         b'{"db":"shop","table":"lines","pk":{"order_id":1,"n":2}}',
         b'{"op":"d","source":{"name":"shop","server_id":1,"db":"shop","table":"lines",'
-        b'"file":"mysql-bin.000007","pos":1500,"gtid":"0-1-57","ts_ms":1700000000000},'
+        b'"file":"mysql-bin.000007","pos":1500,"gtid":"0-1-57","ts_ms":1700000000000,"snapshot":false},'
         b'"scn":30064772572,"row":0,"txn":{"seq":4,"last":true},"key":{"order_id":1,"n":2},'
         b'"before":{"order_id":1,"n":2,"qty":18446744073709551615},"after":null,'
         b'"changed":[],"ts_ms":1732460000042}',
@@ -128,7 +128,7 @@ RELAY_OUTPUT: list[tuple[bytes, bytes]] = [
     (
         b'{"db":"shop","table":"orders","pk":{"id":3}}',
         b'{"op":"c","source":{"name":"shop","server_id":1,"db":"shop","table":"orders",'
-        b'"file":"mysql-bin.000007","pos":1800,"gtid":null,"ts_ms":1700000000000},'
+        b'"file":"mysql-bin.000007","pos":1800,"gtid":null,"ts_ms":1700000000000,"snapshot":false},'
         b'"scn":30064772872,"row":0,"txn":{"seq":0,"last":true},"key":{"id":3},'
         b'"before":null,"after":{"id":3,"amount":"0.00","status":null},"changed":[],'
         b'"ts_ms":1732460000042}',
@@ -153,13 +153,14 @@ def test_every_event_the_relay_publishes_is_a_change_event(
         ops.add(event_.op)
         document = orjson.loads(change.value)
         assert tuple(document) == FIELDS
-        assert tuple(document["source"]) == tuple(f for f in SOURCE_FIELDS if f != "snapshot")
+        assert tuple(document["source"]) == SOURCE_FIELDS
+        assert document["source"]["snapshot"] is False
         assert tuple(document["txn"]) == TXN_FIELDS
         assert tuple(orjson.loads(change.key)) == KEY_FIELDS
         assert (change.scn, change.row) == (event_.scn, event_.row)
         assert (key.db, key.table, key.pk) == (event_.source.db, event_.source.table, event_.key)
         assert change.key == key_bytes(key.db, key.table, key.pk)
-        # The schema encodes the same bytes back (no snapshot flag on binlog events).
+        # The schema encodes the same bytes back.
         assert msgspec.json.encode(event_) == change.value
         assert msgspec.json.encode(key) == change.key
     assert ops == {"c", "u", "d"} == set(binlog.OPS.values())
@@ -197,11 +198,15 @@ def test_the_key_prefix_and_source_block_serialize_as_the_whole_would(
     source: dict[str, Any] = {
         "name": "shop", "server_id": 7, "db": db, "table": table,
         "file": "mysql-bin.000003", "pos": 1234, "gtid": None, "ts_ms": 1732460000000,
+        "snapshot": False,
     }  # fmt: skip
     block = source_block(*source.values())
     assert isinstance(block, orjson.Fragment)
     assert orjson.dumps({"source": block}) == orjson.dumps({"source": source})
-    assert tuple(source) == tuple(f for f in SOURCE_FIELDS if f != "snapshot")
+    assert tuple(source) == SOURCE_FIELDS
+    for flag in (True, "last"):
+        flagged = orjson.loads(orjson.dumps({"s": source_block(*list(source.values())[:-1], flag)}))
+        assert flagged["s"]["snapshot"] == flag
 
 
 def test_the_heads_fields_are_the_events() -> None:

@@ -75,6 +75,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert source.mysql == MySQLURL("127.0.0.1", 3306, "root", "", None)
 
 
+def test_snapshot_settings(tmp_path: Path) -> None:
+    (source,) = load(write(tmp_path, SOURCE), env={}).sources
+    assert (source.snapshot, source.snapshot_chunk) == ("never", 2048)
+    text = SOURCE + 'snapshot = "initial"\nsnapshot_chunk = 500\n'
+    (source,) = load(write(tmp_path, text), env={}).sources
+    assert (source.snapshot, source.snapshot_chunk) == ("initial", 500)
+
+
 def test_an_empty_file_is_a_valid_config_without_sources(tmp_path: Path) -> None:
     settings = load(write(tmp_path, ""), env={})
     assert settings.sources == () and settings.consumers == ()
@@ -225,6 +233,10 @@ BAD = [
     (SOURCE + 'start = "first"\n', {}, "[[source]] 'shop'.start: 'first' is not earliest"),
     (SOURCE + 'start = "mysql-bin:4"\n', {}, "[[source]] 'shop'.start: 'mysql-bin:4' is not"),
     (SOURCE + 'include = ["shop"]\n', {}, "[[source]] 'shop'.include: 'shop' must be a db.table"),
+    (SOURCE + 'snapshot = "always"\n', {}, "[[source]] 'shop'.snapshot: 'always' is not 'never'"),
+    (SOURCE + 'snapshot = "initial"\nstart = "latest"\n', {},
+     "[[source]] 'shop'.start: a source with snapshot = 'initial' streams from where its"),
+    (SOURCE + "snapshot_chunk = 0\n", {}, "[[source]] 'shop'.snapshot_chunk: must be between 1"),
     (CONSUMER.replace('"route"', '"nope"'), {}, "[[consumer]] 'c'.handler: must be mysql, route"),
     (CONSUMER.replace('"route"', '"mysql"'), {}, "[[consumer]] 'c'.mysql: is required when"),
     (CONSUMER.replace('["aesop.shop"]', "[]"), {}, "[[consumer]] 'c'.topics: must name at least"),

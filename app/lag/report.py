@@ -124,7 +124,10 @@ class SourceLag:
     unread: bool | None  # None when it cannot be told (no ZooKeeper, no checkpoint)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The checkpoint as stored: with its ``snapshot`` while one is under way."""
+        data = asdict(self)
+        data["checkpoint"] = None if self.checkpoint is None else self.checkpoint.to_json()
+        return data
 
 
 @dataclass(frozen=True)

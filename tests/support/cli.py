@@ -53,3 +53,16 @@ def relay_state(config: Path, source: str) -> str | None:
         return None
     status = body.get("relays", {}).get(source)
     return None if status is None else str(status["state"])
+
+
+def aesop_snapshot(config: Path, *args: str, timeout: float = 300) -> Any:
+    """``aesop snapshot ARGS`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "--config", str(config), "snapshot", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )

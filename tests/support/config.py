@@ -22,15 +22,24 @@ class SourceSpec:
     topic: str
     exclude: list[str] = field(default_factory=list)
     mysql: str = "mysql://root@127.0.0.1:3306"
+    snapshot: str | None = None  # written only when set, as "start" when not empty
+    snapshot_chunk: int | None = None
 
     def toml(self) -> str:
-        return (
+        text = (
             "[[source]]\n"
             f'name = "{self.name}"\nmysql = "{self.mysql}"\nserver_id = {self.server_id}\n'
             f"include = {orjson.dumps(self.include).decode()}\n"
             f"exclude = {orjson.dumps(self.exclude).decode()}\n"
-            f'start = "{self.start}"\ntopic = "{self.topic}"\n'
+            f'topic = "{self.topic}"\n'
         )
+        if self.start:
+            text += f'start = "{self.start}"\n'
+        if self.snapshot is not None:
+            text += f'snapshot = "{self.snapshot}"\n'
+        if self.snapshot_chunk is not None:
+            text += f"snapshot_chunk = {self.snapshot_chunk}\n"
+        return text
 
 
 def write_config(

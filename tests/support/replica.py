@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pymysql
@@ -70,12 +71,16 @@ def assert_converges(
     except AssertionError:
         want, got = last
         for table in sorted(set(want) | set(got)):
-            source_rows = set(map(repr, want.get(table, [[]])[0]))
-            replica_rows = set(map(repr, got.get(table, [[]])[0]))
+            (source_rows, source_sum), (replica_rows, replica_sum) = (
+                want.get(table, ([], None)),
+                got.get(table, ([], None)),
+            )
+            only_source = Counter(map(repr, source_rows)) - Counter(map(repr, replica_rows))
+            only_replica = Counter(map(repr, replica_rows)) - Counter(map(repr, source_rows))
             assert got.get(table) == want.get(table), (
-                f"table {table} differs: only in the source "
-                f"{sorted(source_rows - replica_rows)[:10]}"
-                f", only in the replica {sorted(replica_rows - source_rows)[:10]}"
+                f"table {table} differs: only in the source {sorted(only_source.elements())[:10]}"
+                f", only in the replica {sorted(only_replica.elements())[:10]}"
+                f"; CHECKSUM TABLE {source_sum} and {replica_sum}"
             )
         raise
     return last[0]  # type: ignore[no-any-return]

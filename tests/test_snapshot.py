@@ -1,0 +1,365 @@
+"""Initial snapshots on the real stack: existing rows as ``r`` events, then the binlog."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pymysql
+import pytest
+
+from tests.support.cli import aesop_snapshot
+from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.kafka import count_then_settle, read_topic
+from tests.support.mysql import master_position, mysql_url, sql
+from tests.support.replica import assert_converges, consumer_toml, create_schema
+from tests.support.stack import wait_until
+from tests.support.workers import Worker, WorkerFactory
+from tests.support.zookeeper import zk_get
+from tests.test_mysql_handler import SCHEMA, wide_workload, workload
+
+SOURCE = "shop"
+ROWS = 30_000
+CHUNK = 200
+
+pytestmark = pytest.mark.usefixtures("drop_test_resources")
+
+
+class Churn(threading.Thread):
+    """Updates, deletes and inserts rows of ``items`` in small transactions until stopped."""
+
+    def __init__(
+        self, database: str, first_new: int, updates_only: bool = False, pause: float = 0.002
+    ) -> None:
+        super().__init__(name="churn", daemon=True)
+        self.database = database
+        self.next_id = first_new
+        self.updates_only = updates_only
+        self.pause = pause
+        self.done = 0
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        rng = random.Random(5)
+        try:
+            with pymysql.connect(**mysql_url(self.database).connect_args()) as conn:
+                cur = conn.cursor()
+                while not self._halt.is_set() and self.done < 50_000:
+                    for _ in range(rng.randint(1, 3)):
+                        pick = 0.0 if self.updates_only else rng.random()
+                        row_id = rng.randint(1, self.next_id)
+                        if pick < 0.6:
+                            cur.execute(
+                                "UPDATE items SET v = v + 1, note = CONCAT('u', v) WHERE id = %s",
+                                (row_id,),
+                            )
+                        elif pick < 0.8:
+                            cur.execute("DELETE FROM items WHERE id = %s", (row_id,))
+                        else:
+                            self.next_id += 1
+                            cur.execute(
+                                "INSERT INTO items VALUES (%s, 0, 'new', 1.25, NOW(3))",
+                                (self.next_id,),
+                            )
+                    conn.commit()
+                    self.done += 1
+                    time.sleep(self.pause)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self._halt.set()
+        self.join(30)
+        assert not self.is_alive() and self.error is None, self.error
+
+
+def kill_once_under_way(worker: Worker, zk_path: str) -> dict[str, Any]:
+    """kill -9 the worker once its checkpoint holds some snapshot progress; that checkpoint."""
+    progress: dict[str, Any] = wait_until(
+        lambda: (c := zk_get(zk_path)) and (c.get("snapshot") or {}).get("done", 0) > 0 and c,
+        timeout=120,
+        what="a checkpoint with snapshot progress",
+    )
+    worker.kill()
+    return progress
+
+
+def caught_up(zk_path: str) -> None:
+    """Wait until the relay's checkpoint reaches the server's position now."""
+    end = master_position()
+    wait_until(
+        lambda: (c := zk_get(zk_path)) and f"{c['file']}:{c['pos']}" >= end,
+        timeout=60,
+        what=f"the checkpoint to reach {end}",
+    )
+
+
+def replayed(messages: list[dict[str, Any]]) -> dict[bytes, dict[str, Any]]:
+    """The table as a consumer applying the events in (scn, row) order would hold it."""
+    state: dict[bytes, dict[str, Any]] = {}
+    seen = set()
+    for message in sorted(messages, key=lambda m: (m["value"]["scn"], m["value"]["row"])):
+        event = message["value"]
+        ident = (event["scn"], event["row"])
+        if ident in seen:  # published again after the crash: the same event
+            continue
+        seen.add(ident)
+        key = orjson.dumps(event["key"])
+        if event["op"] == "d":
+            state.pop(key, None)
+        else:
+            state[key] = event["after"]
+    return state
+
+
+def source_rows(database: str) -> dict[bytes, dict[str, Any]]:
+    rows = sql(
+        "SELECT id, v, note, CAST(amount AS CHAR), CAST(at AS CHAR) FROM items",
+        database=database,
+    )
+    return {
+        orjson.dumps({"id": i}): {"id": i, "v": v, "note": n, "amount": a, "at": at}
+        for i, v, n, a, at in rows
+    }
+
+
+def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str
+) -> None:
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
+        " amount DECIMAL(10,2), at DATETIME(3))",
+        f"INSERT INTO items SELECT seq, 0, CONCAT('row ', seq), 10.50, '2024-01-01 00:00:00.5'"
+        f" FROM seq_1_to_{ROWS}",
+        database=database,
+    )
+    topic = f"aesop.{make_config.app_id}"
+    zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
+    spec = SourceSpec(
+        name=SOURCE,
+        include=[f"{database}.*"],
+        server_id=7000 + random.randrange(10**8),
+        start="",
+        topic=topic,
+        snapshot="initial",
+        snapshot_chunk=CHUNK,
+    )
+    config: Path = make_config(sources=[spec])
+    churn = Churn(database, ROWS)
+    churn.start()
+    first = workers.start(config)
+    first.wait_for_log(f"relay {SOURCE}: initial snapshot of 1 table(s): {database}.items from")
+    # Kill it once the checkpoint holds some snapshot progress, with rows still to read.
+    progress = kill_once_under_way(first, zk_path)
+    done_at_kill = progress["snapshot"]["done"]
+    assert done_at_kill < ROWS, "the snapshot finished before the kill: make the table bigger"
+    second = workers.start(config)
+    # From the acknowledged chunk (the table's checkpoint may be newer than the mirror's).
+    second.wait_for_log(f"table(s): {database}.items after key [", timeout=60)
+    resumed = second.log().split("items after key [", 1)[1].split("]", 1)[0]
+    assert int(orjson.loads(resumed)) >= int(progress["snapshot"]["after"][0])
+    second.wait_for_log(f"relay {SOURCE}: initial snapshot done", timeout=180)
+    churn.finish()
+    caught_up(zk_path)
+    assert second.stop() == 0
+    messages = read_topic(topic, count_then_settle(ROWS, 3.0), timeout=120)
+    events = [m["value"] for m in messages]
+    snapshot_events = [e for e in events if e["op"] == "r"]
+    # Resumed from the acknowledged chunk, not from the start.
+    assert len(snapshot_events) < 2 * ROWS - done_at_kill // 2
+    assert all(e["before"] is None and e["source"]["snapshot"] in (True, "last") for e in
+               snapshot_events)  # fmt: skip
+    assert all(e["source"]["snapshot"] is False for e in events if e["op"] != "r")
+    assert sum(e["source"]["snapshot"] == "last" for e in snapshot_events) >= 1
+    idents = [(e["scn"], e["row"]) for e in events]
+    by_ident: dict[tuple[int, int], bytes] = {}
+    for message in messages:
+        ident = (message["value"]["scn"], message["value"]["row"])
+        body = orjson.dumps({**message["value"], "ts_ms": 0})
+        assert by_ident.setdefault(ident, body) == body, f"{ident} published as two events"
+    assert len(set(idents)) <= len(idents)
+    assert replayed(messages) == source_rows(database)
+
+
+def test_initial_snapshot_into_a_mysql_replica_then_live_changes(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str, replica: str
+) -> None:
+    """Every table of the handler's end-to-end test (composite keys, a keyless table with
+    equal rows, every column type), filled before the relay starts: the replica ends equal."""
+    connect = mysql_url().connect_args()
+    create_schema(connect, database, SCHEMA)
+    create_schema(connect, replica, SCHEMA)
+    workload(database)
+    wide_workload(database)
+    topic, consumer = f"aesop.{make_config.app_id}", f"{make_config.app_id}-replica"
+    spec = SourceSpec(
+        name=SOURCE,
+        include=[f"{database}.*"],
+        server_id=7000 + random.randrange(10**8),
+        start="",
+        topic=topic,
+        snapshot="initial",
+        snapshot_chunk=7,
+    )
+    url = f"mysql://root@127.0.0.1:3306/{replica}"
+    worker = workers.start(make_config(sources=[spec], extra=consumer_toml(consumer, topic, url)))
+    worker.wait_for_log(f"relay {SOURCE}: initial snapshot done", timeout=120)
+    workload(database, base=10_000)
+    tables = assert_converges((connect, database), (connect, replica), 90)
+    assert {table: len(rows) for table, (rows, _) in tables.items()} == {
+        "items": 76, "order_lines": 8, "log": 28, "wide": 4,
+    }  # fmt: skip
+    events = [m["value"] for m in read_topic(topic, count_then_settle(100, 2.0), timeout=60)]
+    lasts = sorted(e["source"]["table"] for e in events if e["source"]["snapshot"] == "last")
+    assert lasts == ["items", "log", "order_lines", "wide"]
+
+
+def test_rows_changed_while_their_chunk_is_read_are_never_published_older(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str
+) -> None:
+    """Big chunks (a SELECT of some milliseconds) under steady updates of random rows: an
+    update that commits after a chunk's SELECT began and before the second position would,
+    without the chunk dropping its row, be followed by an r event with the older value."""
+    rows, chunk = 40_000, 4000
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
+        " amount DECIMAL(10,2), at DATETIME(3))",
+        f"INSERT INTO items SELECT seq, 0, REPEAT('x', 30), 1.00, NULL FROM seq_1_to_{rows}",
+        database=database,
+    )
+    topic = f"aesop.{make_config.app_id}"
+    spec = SourceSpec(
+        name=SOURCE,
+        include=[f"{database}.*"],
+        server_id=7000 + random.randrange(10**8),
+        start="",
+        topic=topic,
+        snapshot="initial",
+        snapshot_chunk=chunk,
+    )
+    updates = Churn(database, rows, updates_only=True, pause=0.003)
+    updates.start()
+    worker = workers.start(make_config(sources=[spec]))
+    worker.wait_for_log(f"relay {SOURCE}: initial snapshot done", timeout=180)
+    updates.finish()
+    zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
+    caught_up(zk_path)
+    messages = read_topic(topic, count_then_settle(rows, 3.0), timeout=120)
+    snapshot_rows = sum(m["value"]["op"] == "r" for m in messages)
+    assert snapshot_rows <= rows
+    assert replayed(messages) == source_rows(database)
+
+
+def _streaming_source(make_config: ConfigFactory, database: str, extra: str = "") -> Path:
+    spec = SourceSpec(
+        name=SOURCE,
+        include=[f"{database}.*"],
+        server_id=7000 + random.randrange(10**8),
+        start=master_position(),
+        topic=f"aesop.{make_config.app_id}",
+        snapshot_chunk=CHUNK,
+    )
+    return make_config(sources=[spec], extra=extra)
+
+
+def test_aesop_snapshot_while_streaming_with_a_kill_9_mid_way(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str
+) -> None:
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
+        " amount DECIMAL(10,2), at DATETIME(3))",
+        f"INSERT INTO items SELECT seq, 0, CONCAT('row ', seq), 10.50, NULL FROM seq_1_to_{ROWS}",
+        database=database,
+    )
+    config = _streaming_source(make_config, database)
+    zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
+    churn = Churn(database, ROWS)
+    churn.start()
+    first = workers.start(config)
+    first.wait_for_log(f"relay {SOURCE}: reading")
+    wait_until(lambda: zk_get(f"/aesop-test/{make_config.app_id}/heartbeats/{SOURCE}"), 30,
+               "the relay's heartbeat")  # fmt: skip
+    asked = aesop_snapshot(config, SOURCE, f"{database}.items")
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.startswith(f"ok: source '{SOURCE}': snapshot of {database}.items requested")
+    first.wait_for_log(f"relay {SOURCE}: snapshot of {database}.items requested")
+    progress = kill_once_under_way(first, zk_path)
+    assert progress["snapshot"]["kind"] == "incremental"
+    assert progress["snapshot"]["done"] < ROWS, "done before the kill: make the table bigger"
+    second = workers.start(config)
+    second.wait_for_log(f"relay {SOURCE}: incremental snapshot done", timeout=180)
+    churn.finish()
+    caught_up(zk_path)
+    messages = read_topic(f"aesop.{make_config.app_id}", count_then_settle(ROWS, 3.0), 120)
+    assert replayed(messages) == source_rows(database)
+    # Done: a second request is taken, and --wait returns once it is done.
+    again = aesop_snapshot(config, SOURCE, f"{database}.items", "--wait", "--timeout", "120")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-1] == f"ok: source '{SOURCE}': snapshot done"
+    assert zk_get(zk_path).get("snapshot") is None
+
+
+def test_aesop_snapshot_refuses_what_it_cannot_take_in_one_line(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str
+) -> None:
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY)",
+        "CREATE TABLE hidden (id INT PRIMARY KEY)",
+        "INSERT INTO items SELECT seq FROM seq_1_to_20000",  # read a row at a time: slow
+        database=database,
+    )
+    user = f"snap_{database[-8:]}"
+    sql(
+        f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'",
+        f"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{user}'@'%'",
+        f"GRANT SELECT ON {database}.items TO '{user}'@'%'",
+        f"GRANT INSERT ON {database}.hidden TO '{user}'@'%'",  # seen, but not readable
+        f"GRANT ALL ON aesop.* TO '{user}'@'%'",
+    )
+    try:
+        spec = SourceSpec(
+            name=SOURCE,
+            include=[f"{database}.*"],
+            server_id=7000 + random.randrange(10**8),
+            start=master_position(),
+            topic=f"aesop.{make_config.app_id}",
+            mysql=f"mysql://{user}:pw@127.0.0.1:3306",
+            snapshot_chunk=1,
+        )
+        config = make_config(sources=[spec])
+
+        def refused(*args: str) -> str:
+            done = aesop_snapshot(config, *args)
+            assert done.returncode == 2 and done.stdout == "", (done.returncode, done.stdout)
+            (line,) = done.stderr.splitlines()
+            return line
+
+        assert "no worker runs the relay of source 'shop'" in refused(SOURCE, f"{database}.items")
+        worker = workers.start(config)
+        worker.wait_for_log(f"relay {SOURCE}: reading")
+        wait_until(lambda: zk_get(f"/aesop-test/{make_config.app_id}/heartbeats/{SOURCE}"), 30,
+                   "the relay's heartbeat")  # fmt: skip
+        assert "no [[source]] named 'nope'" in refused("nope", f"{database}.items")
+        assert "does not publish mysql.user" in refused(SOURCE, "mysql.user")
+        assert "'items' is not db.table" in refused(SOURCE, "items")
+        assert f"table {database}.gone does not exist" in refused(SOURCE, f"{database}.gone")
+        line = refused(SOURCE, f"{database}.hidden")
+        assert f"{user} cannot read {database}.hidden" in line and "GRANT SELECT" in line
+        # Nothing was asked of the relay by any of those.
+        if sql("SHOW TABLES FROM aesop LIKE 'signals'"):
+            mine = f"SELECT COUNT(*) FROM aesop.signals WHERE data LIKE '%{database}.%'"
+            assert sql(mine)[0][0] == 0
+        # One at a time: a second request while the first runs is refused.
+        asked = aesop_snapshot(config, SOURCE, f"{database}.items")
+        assert asked.returncode == 0, asked.stderr
+        zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
+        wait_until(lambda: (zk_get(zk_path) or {}).get("snapshot"), 30, "the snapshot to run")
+        line = refused(SOURCE, f"{database}.items")
+        assert "an incremental snapshot is under way" in line, line
+    finally:
+        sql(f"DROP USER '{user}'@'%'")
