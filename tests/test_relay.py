@@ -108,6 +108,7 @@ def expected(
             "file": rows.file,
             "pos": rows.pos,
             "gtid": rows.gtid,
+            "snapshot": False,
         },
         "scn": rows.scn,
         "row": row,
