@@ -37,10 +37,11 @@ lint: venv ## ruff lint and format check, mypy
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	cd $(ROOT) && $(VENV)/bin/mypy app tables relay agents web metrics
 
-bench: up venv ## Run the relay, consumer and latency benchmarks (figures as ratios to baselines)
+bench: up venv ## Run the relay, consumer, latency and snapshot benchmarks (figures as ratios to baselines)
 	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.relay_bench
 	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.consumer_bench
 	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.latency_bench
+	cd $(ROOT) && flock /tmp/aesop-stack.lock $(PY) -m bench.snapshot_bench
 
 soak: up venv ## Seeded chaos soak: faults under load, then nothing lost (ARGS="--minutes 6 --seed 1")
 	cd $(ROOT) && $(PY) -m bench.soak $(ARGS)
