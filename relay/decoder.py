@@ -92,8 +92,9 @@ class RowDecoder:
     def __init__(self, columns: Sequence[Column], json_columns: Collection[str] = ()) -> None:
         self.convert = values.row_converter(columns, json_columns=json_columns)
         self.columns = len(columns)
-        # The columns-present bitmap of a full row image.
-        self._full = _full_bitmap(len(columns))
+        # The columns-present bitmap of a full row image: MariaDB leaves the last byte's
+        # unused bits clear, MySQL sets them, so both forms count as full.
+        self._full = frozenset({_full_bitmap(len(columns)), _padded_bitmap(len(columns))})
         self.read_image: ImageReader | None = compile_image_reader(columns, json_columns)
         self._warned = False
 
@@ -118,9 +119,12 @@ class RowDecoder:
         """The event's row data as (buffer, start, end), if the compiled reader applies."""
         if self.read_image is None or not event.complete:
             return None
-        if event.number_of_columns != self.columns or event.columns_present_bitmap != self._full:
+        if (
+            event.number_of_columns != self.columns
+            or event.columns_present_bitmap not in self._full
+        ):
             return None
-        if op == "u" and event.columns_present_bitmap2 != self._full:
+        if op == "u" and event.columns_present_bitmap2 not in self._full:
             return None
         wrapper = event.packet
         if wrapper._BinLogPacketWrapper__data_buffer:  # bytes pushed back by a reader
@@ -163,6 +167,11 @@ class RowDecoder:
 def _full_bitmap(count: int) -> bytes:
     bits = (1 << count) - 1
     return bits.to_bytes((count + 7) // 8, "little")
+
+
+def _padded_bitmap(count: int) -> bytes:
+    """Every bit of the bitmap's bytes set, as MySQL writes a full row image's."""
+    return b"\xff" * ((count + 7) // 8)
 
 
 def compile_image_reader(

@@ -123,9 +123,11 @@ def _row(nulls: int, *fields: bytes) -> bytes:
 LIBRARY = [{"values": {"id": "from", "t": "the library"}}]
 
 
-def test_reads_row_images_from_the_event_bytes() -> None:
+@pytest.mark.parametrize("bitmap", [b"\x03", b"\xff"], ids=["mariadb", "mysql"])
+def test_reads_row_images_from_the_event_bytes(bitmap: bytes) -> None:
+    """A full image's columns-present bitmap: MariaDB clears the unused bits, MySQL sets them."""
     body = _row(0, (-5).to_bytes(4, "little", signed=True), b"\xff") + _row(2, b"\x07\0\0\0")
-    images = RowDecoder(INT_COLUMNS).images(_event(body, LIBRARY), "c")
+    images = RowDecoder(INT_COLUMNS).images(_event(body, LIBRARY, bitmap), "c")
     assert images == [(None, {"id": -5, "t": 255}), (None, {"id": 7, "t": None})]
 
 
