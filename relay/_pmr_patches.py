@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Any
 
 from pymysqlreplication import binlogstream
-from pymysqlreplication.constants import NONE_SOURCE
+from pymysqlreplication.constants import FIELD_TYPE, NONE_SOURCE
 from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import RowsEvent, TableMapEvent
 
@@ -41,7 +41,8 @@ SUPPORTED_VERSIONS = ("1.0.17",)
 #  - a zero TIMESTAMP comes back as 1970-01-01 00:00:00;
 #  - negative TIME values with a fraction are off by up to one second;
 #  - ENUM and SET labels are decoded as UTF-8 whatever the column charset ("" on failure);
-#  - an empty SET comes back as None.
+#  - an empty SET comes back as None;
+#  - on MySQL, UNSIGNED flags after a YEAR column go to the wrong columns (below).
 # Temporal values are returned as the final text, which also skips building datetimes.
 
 
@@ -144,9 +145,27 @@ _ROWS_EVENT_PATCHES = {
     "_RowsEvent__add_fsp_to_time": _add_fsp_to_time,
     "_read_column_data": _read_column_data,
 }
+# The column types the SIGNEDNESS metadata of a table map has one bit for, in column order.
+# MariaDB gives YEAR a bit (its Field_year is a Field_tiny); MySQL does not (its
+# is_numeric_type), so counting YEAR on MySQL shifts every later flag to the next numeric
+# column: BIGINT UNSIGNED 18446744073709551615 after a YEAR came out as -1.
+_MYSQL_SIGNEDNESS = frozenset(
+    (FIELD_TYPE.TINY, FIELD_TYPE.SHORT, FIELD_TYPE.INT24, FIELD_TYPE.LONG, FIELD_TYPE.LONGLONG,
+     FIELD_TYPE.NEWDECIMAL, FIELD_TYPE.FLOAT, FIELD_TYPE.DOUBLE)
+)  # fmt: skip
+_SIGNEDNESS_TYPES = {"mysql": _MYSQL_SIGNEDNESS, "mariadb": _MYSQL_SIGNEDNESS | {FIELD_TYPE.YEAR}}
+
+
+def _is_numeric_column(self: TableMapEvent, column_type: int) -> bool:
+    """Whether the column has a bit in the SIGNEDNESS metadata, on this server's flavour."""
+    flavour = "mariadb" if self.dbms == "mariadb" else "mysql"
+    return column_type in _SIGNEDNESS_TYPES[flavour]
+
+
 _TABLE_MAP_PATCHES = {
     "_read_type_values": _read_type_values,
     "_sync_column_info": _sync_column_info,
+    "_is_numeric_column": _is_numeric_column,
 }
 
 
