@@ -14,7 +14,7 @@ import pytest
 from tests.support.config import ConfigFactory
 from tests.support.kafka import delete_topics_starting_with
 from tests.support.mysql import mysql_url, sql
-from tests.support.servers import STACK_SERVERS, StackServer
+from tests.support.servers import MATRIX, STACK_SERVERS, ServerDatabase, StackServer
 from tests.support.stack import ROOT, Stack
 from tests.support.workers import WorkerFactory
 from tests.support.zookeeper import zk_delete
@@ -114,12 +114,38 @@ def other_server(request: pytest.FixtureRequest) -> StackServer:
     return server
 
 
+@pytest.fixture(scope="session", params=list(MATRIX))
+def matrix_server(request: pytest.FixtureRequest) -> StackServer:
+    """Each server of the matrix in turn: MariaDB 10.11, MySQL 8.0, MariaDB 11.4 (session
+    scope, so that pytest runs a file's tests server by server)."""
+    server = MATRIX[request.param]
+    why = server.unreachable()
+    if why:
+        pytest.fail(why, pytrace=False)
+    return server
+
+
+def make_database(server: StackServer, name: str) -> None:
+    server.sql(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+
+
+@pytest.fixture
+def server(matrix_server: StackServer, unique: str) -> Iterator[ServerDatabase]:
+    """A fresh database ``t_<unique>`` on each server of the matrix in turn, dropped after."""
+    ident = next(key for key, value in MATRIX.items() if value is matrix_server)
+    made = ServerDatabase(ident, matrix_server, f"t_{unique}")
+    make_database(matrix_server, made.db)
+    yield made
+    matrix_server.sql(f"DROP DATABASE IF EXISTS {made.db}")
+
+
 # Fixtures that stand for a real server: the local stack's, or a MariaDB a test starts from
 # the binaries `make up` installs.
 STACK_FIXTURES = frozenset(
     {
         "stack",
         "server",
+        "matrix_server",
         "binlog_server",
         "binlog_off_server",
         "compressing_server",

@@ -151,15 +151,28 @@ def connectable(server: PrivateServer) -> bool:
 
 @dataclass(frozen=True)
 class StackServer(RootOnLoopback):
-    """One of the local stack's other database servers, which docker/stack.sh starts besides
-    MariaDB 10.11 on 3306 (`docker/stack.sh start mysql8`, `... start mariadb11`)."""
+    """One of the local stack's database servers (docker/stack.sh's ``service``): MariaDB
+    10.11 on 3306, MySQL 8.0 on 3307, MariaDB 11.4 on 3308.
+
+    ``user``/``password`` is the login the relay's source URL uses: on MySQL 8 a
+    caching_sha2_password user (the server's default plugin), elsewhere root.
+    """
 
     service: str
     product: str
     port: int
+    flavour: str  # "mariadb" or "mysql"
+    user: str = "root"
+    password: str = ""
 
     def url(self, user: str = "root", password: str = "") -> MySQLURL:
         return MySQLURL("127.0.0.1", self.port, user, password)
+
+    def source_url(self, database: str | None = None) -> str:
+        """The relay's (or the handler's) URL: the server's own login, ``database`` if given."""
+        secret = f":{self.password}" if self.password else ""
+        path = f"/{database}" if database else ""
+        return f"mysql://{self.user}{secret}@127.0.0.1:{self.port}{path}"
 
     def unreachable(self) -> str | None:
         """Why root cannot log in over TCP, in one line; None when it can."""
@@ -174,6 +187,75 @@ class StackServer(RootOnLoopback):
 
 
 STACK_SERVERS = {
-    "mysql8": StackServer("mysql8", "MySQL 8.0", 3307),
-    "mariadb11": StackServer("mariadb11", "MariaDB 11.4", 3308),
+    "mysql8": StackServer("mysql8", "MySQL 8.0", 3307, "mysql", "aesop_sha2", "aesop-sha2"),
+    "mariadb11": StackServer("mariadb11", "MariaDB 11.4", 3308, "mariadb"),
 }
+
+# The servers the relay, its checkpoint and the ``mysql`` handler are tested against, by
+# test id; the ``server`` fixture runs a test once on each.
+MATRIX = {
+    "mariadb10": StackServer("mariadb", "MariaDB 10.11", 3306, "mariadb"),
+    **STACK_SERVERS,
+}
+
+
+@dataclass(frozen=True)
+class ServerDatabase:
+    """A test's own database on one server of the matrix (the ``server`` fixture): root SQL
+    in it, the relay's URL, where the server's binlog is, and the server's flavour."""
+
+    id: str  # the test id: mariadb10, mysql8, mariadb11
+    server: StackServer
+    db: str
+
+    @property
+    def flavour(self) -> str:
+        return self.server.flavour
+
+    @property
+    def mysql(self) -> bool:
+        return self.server.flavour == "mysql"
+
+    @property
+    def service(self) -> str:
+        return self.server.service
+
+    def sql(self, *statements: str, database: str | None = None) -> list[tuple[Any, ...]]:
+        """Run statements as root (autocommit) in ``database`` (the test's by default)."""
+        return self.server.sql(*statements, database=database or self.db)
+
+    def connect_args(self, database: str | None = None) -> dict[str, Any]:
+        """pymysql.connect arguments for root, in ``database`` (the test's by default)."""
+        return {**self.server.url().connect_args(), "database": database or self.db}
+
+    def url(self, database: str | None = None) -> str:
+        """The URL a source (or a ``mysql`` consumer, with ``database``) is configured with."""
+        return self.server.source_url(database)
+
+    def position(self) -> str:
+        file, pos = self.server.position()
+        return f"{file}:{pos}"
+
+    def last_gtid(self) -> str:
+        """The GTID of the last transaction the server logged, as events carry it."""
+        if self.mysql:
+            # @@gtid_executed is a set, "uuid:1-57"; the last transaction is uuid:57.
+            ((executed,),) = self.sql("SELECT @@GLOBAL.gtid_executed")
+            assert "," not in executed, f"one server uuid on the test server: {executed}"
+            uuid, _, ranges = executed.replace("\n", "").partition(":")
+            return f"{uuid}:{ranges.rsplit(':', 1)[-1].rsplit('-', 1)[-1]}"
+        ((pos,),) = self.sql("SELECT @@gtid_binlog_pos")
+        assert "," not in pos, f"one replication domain on the test server: {pos}"
+        return str(pos)
+
+
+def numbers_from(low: int, rows: int) -> str:
+    """A SELECT of ``rows`` numbers from ``low + 1``, each with a pad, on every flavour
+    (MariaDB's seq_1_to_N engine is not MySQL's): a cross join of digit tables."""
+    places = len(str(rows - 1)) if rows > 1 else 1
+    digits = (
+        "(SELECT 0 d UNION ALL " + " UNION ALL ".join(f"SELECT {i}" for i in range(1, 10)) + ")"
+    )
+    terms = " + ".join(f"{10**k} * p{k}.d" for k in range(places))
+    joins = ", ".join(f"{digits} p{k}" for k in range(places))
+    return f"SELECT {low} + 1 + {terms}, 'big' FROM {joins} WHERE {terms} < {rows}"
