@@ -30,7 +30,7 @@ from tests.support.replica import (
     retry_lines,
     rows_of,
 )
-from tests.support.servers import restart, start_private_server
+from tests.support.servers import ServerDatabase, restart, start_private_server
 from tests.support.stack import KAFKA, free_port, wait_until
 from tests.support.workers import Worker, WorkerFactory, lose_relay_position
 from tests.support.zookeeper import zk_delete, zk_get
@@ -65,15 +65,19 @@ def start_worker(
     workers: WorkerFactory,
     tmp_path: Path,
     unique: str,
-    database: str,
+    database: str | ServerDatabase,
     destination_url: str,
     extra: str = "",
 ) -> tuple[Worker, str]:
-    """A worker relaying ``database`` and applying it to ``destination_url`` (``extra``: more
-    of the config)."""
+    """A worker relaying ``database`` (on the stack's MariaDB, or a matrix server's) and
+    applying it to ``destination_url`` (``extra``: more of the config)."""
     topic = f"aesop.t{unique}"
     consumer = f"t{unique}-replica"
-    spec = SourceSpec("shop", [f"{database}.*"], server_id(), master_position(), topic)
+    if isinstance(database, ServerDatabase):
+        spec = SourceSpec("shop", [f"{database.db}.*"], server_id(), database.position(), topic,
+                          mysql=database.url())  # fmt: skip
+    else:
+        spec = SourceSpec("shop", [f"{database}.*"], server_id(), master_position(), topic)
     config = ConfigFactory(tmp_path, unique)(
         sources=[spec], extra=consumer_toml(consumer, topic, destination_url) + extra
     )
@@ -82,8 +86,9 @@ def start_worker(
     return worker, consumer
 
 
-def workload(database: str, base: int = 0) -> None:
-    """Inserts, updates, deletes, key changes and multi-row transactions on every table."""
+def workload(database: str | ServerDatabase, base: int = 0) -> None:
+    """Inserts, updates, deletes, key changes and multi-row transactions on every table
+    (of a database on the stack's MariaDB, or a matrix server's)."""
     b = base
     statements = [
         *(f"INSERT INTO items VALUES ({b + i}, 'item {i}', {i})" for i in range(40)),
@@ -110,21 +115,36 @@ def workload(database: str, base: int = 0) -> None:
         "UPDATE log SET msg = 'dup2' WHERE msg = BINARY 'dup' LIMIT 1",
         "DELETE FROM log WHERE msg = BINARY 'DUP'",
     ]
-    sql(*statements, database=database)
+    on = database if isinstance(database, ServerDatabase) else None
+    if on is not None:
+        on.sql(*statements)
+    else:
+        sql(*statements, database=str(database))
     in_one_transaction(
-        database,
+        on.db if on else str(database),
         f"INSERT INTO items VALUES ({b + 500}, 'txn', 1), ({b + 501}, 'txn', 2)",
         f"UPDATE items SET qty = 99 WHERE id = {b + 500}",
         f"DELETE FROM items WHERE id = {b + 501}",
         f"UPDATE items SET id = {b + 501} WHERE id = {b + 500}",
         f"INSERT INTO order_lines VALUES ({b + 3}, 1, 'txn', 0.01)",
         "INSERT INTO log VALUES (NULL, 'txn', NULL)",
+        connect=on.connect_args() if on else None,
     )
 
 
-def wide_workload(database: str) -> None:
-    sql(*(f"INSERT INTO wide VALUES {row}" for row in WIDE_ROWS), database=database)
-    sql(
+# Strict, with zero dates: MySQL 8's default sql_mode (NO_ZERO_DATE, NO_ZERO_IN_DATE)
+# refuses WIDE_ROWS' zero dates, which MariaDB's default takes.
+ZERO_DATES = "SET SESSION sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'"
+
+
+def wide_workload(server: ServerDatabase) -> None:
+    rows = WIDE_ROWS
+    if server.mysql:
+        # MySQL's TIME ends at -838:59:59.000000; MariaDB's takes a fraction past it.
+        rows = [row.replace("'-838:59:59.999999'", "'-838:59:59.000000'") for row in rows]
+    server.sql(ZERO_DATES, *(f"INSERT INTO wide VALUES {row}" for row in rows))
+    server.sql(
+        ZERO_DATES,
         "UPDATE wide SET f = 1.1, g = 0.30000000000000004, s = 'x,z', e = 'a',"
         ' j = \'{"a":["😀",{"b":null}],"n":-0.5}\', bi = x\'01020304\','
         " tm = '-12:00:00.5', geo = ST_GeomFromText('LINESTRING(0 0,1 2,3 4)') WHERE id = 0",
@@ -132,27 +152,33 @@ def wide_workload(database: str) -> None:
         "UPDATE wide SET n = 1, dt = '2000-01-01 00:00:00.000000' WHERE id = 7",
         "INSERT INTO wide (id, n) VALUES (100, 1)",
         "DELETE FROM wide WHERE id = 100",
-        database=database,
     )
 
 
 def test_replica_equals_the_source_row_for_row(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str, replica: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
 ) -> None:
-    create_schema(mysql_url().connect_args(), database, SCHEMA)
-    create_schema(mysql_url().connect_args(), replica, SCHEMA)
-    start_worker(workers, tmp_path, unique, database, f"mysql://root@127.0.0.1:3306/{replica}")
-    workload(database)
-    wide_workload(database)
-    tables = assert_converges(
-        (mysql_url().connect_args(), database), (mysql_url().connect_args(), replica), 60
-    )
-    assert {table: len(rows) for table, (rows, _) in tables.items()} == {
-        "items": 38, "order_lines": 4, "log": 14, "wide": 4,
-    }  # fmt: skip
-    assert all(checksum is not None for _, checksum in tables.values())
-    dlq = read_topic(f"t{unique}-replica.dlq", lambda messages: False, timeout=3)
-    assert dlq == []
+    """On each server of the matrix, source and replica on the same server (on MySQL 8 the
+    relay logs in as a caching_sha2_password user, the handler as root, also sha2)."""
+    replica = f"{server.db}_replica"
+    try:
+        create_schema(server.connect_args(), server.db, SCHEMA)
+        create_schema(server.connect_args(), replica, SCHEMA)
+        destination = f"mysql://root@127.0.0.1:{server.server.port}/{replica}"
+        start_worker(workers, tmp_path, unique, server, destination)
+        workload(server)
+        wide_workload(server)
+        tables = assert_converges(
+            (server.connect_args(), server.db), (server.connect_args(), replica), 60
+        )
+        assert {table: len(rows) for table, (rows, _) in tables.items()} == {
+            "items": 38, "order_lines": 4, "log": 14, "wide": 4,
+        }  # fmt: skip
+        assert all(checksum is not None for _, checksum in tables.values())
+        dlq = read_topic(f"t{unique}-replica.dlq", lambda messages: False, timeout=3)
+        assert dlq == []
+    finally:
+        server.sql(f"DROP DATABASE IF EXISTS {replica}")
 
 
 STALLED_S = 5

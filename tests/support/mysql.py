@@ -98,8 +98,13 @@ def server_id() -> int:
     return 6000 + random.randrange(10**8)
 
 
-def in_one_transaction(database: str, *statements: str) -> None:
-    with pymysql.connect(**mysql_url(database).connect_args(), autocommit=False) as conn:
+def in_one_transaction(
+    database: str, *statements: str, connect: dict[str, Any] | None = None
+) -> None:
+    """Run statements in one transaction in ``database`` on the stack's MariaDB, or where
+    ``connect`` (pymysql's arguments) logs in."""
+    args = connect or mysql_url(database).connect_args()
+    with pymysql.connect(**args, autocommit=False) as conn:
         with conn.cursor() as cur:
             cur.execute("BEGIN")
             for statement in statements:
