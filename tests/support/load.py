@@ -12,15 +12,21 @@ import pymysql
 
 from tests.support.kafka import identities
 from tests.support.mysql import mysql_url, sql
+from tests.support.servers import ServerDatabase
 from tests.support.stack import wait_until
 
 
 class Writer(threading.Thread):
     """Inserts rows numbered 1, 2, 3... in small transactions until told to stop."""
 
-    def __init__(self, database: str, limit: int = 20_000) -> None:
+    def __init__(
+        self, database: str, limit: int = 20_000, connect: dict[str, Any] | None = None
+    ) -> None:
+        """Writes into ``database`` on the stack's MariaDB, or where ``connect`` (pymysql's
+        arguments) logs in."""
         super().__init__(name="writer", daemon=True)
         self.database = database
+        self.connect = connect or mysql_url(database).connect_args()
         self.limit = limit
         self.written = 0
         self.error: BaseException | None = None
@@ -28,7 +34,7 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            with pymysql.connect(**mysql_url(self.database).connect_args()) as conn:
+            with pymysql.connect(**self.connect) as conn:
                 cur = conn.cursor()
                 while not self._halt.is_set() and self.written < self.limit:
                     rows = random.randint(1, 4)
@@ -59,8 +65,13 @@ class Writer(threading.Thread):
         return self.written
 
 
-def create_numbers(database: str) -> None:
-    sql(f"CREATE TABLE {database}.numbers (n INT PRIMARY KEY, pad VARCHAR(50))")
+def create_numbers(database: str | ServerDatabase) -> None:
+    """The ``numbers`` table, in a database of the stack's MariaDB or a matrix server's."""
+    ddl = "CREATE TABLE numbers (n INT PRIMARY KEY, pad VARCHAR(50))"
+    if isinstance(database, ServerDatabase):
+        database.sql(ddl)
+    else:
+        sql(ddl, database=database)
 
 
 def assert_exactly_once(messages: list[dict[str, Any]], written: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,20 +60,26 @@ class BinlogTransaction:
 ROWS_EVENTS = {"Write_rows": "c", "Update_rows": "u", "Delete_rows": "d"}
 
 
-def binlog_transactions(start: str, database: str) -> list[BinlogTransaction]:
+def binlog_transactions(
+    start: str, database: str, run: Callable[..., list[tuple[Any, ...]]] = sql
+) -> list[BinlogTransaction]:
     """The committed transactions since ``start`` with rows events of ``database``'s tables.
 
-    An oracle independent of the relay: the server's own listing of its binlog.
+    An oracle independent of the relay: the server's own listing of its binlog (``run``:
+    SQL on the server, the stack's MariaDB by default).
     """
     file, _, pos = start.rpartition(":")
-    files = [row[0] for row in sql("SHOW BINARY LOGS")]
+    files = [row[0] for row in run("SHOW BINARY LOGS")]
     tables: dict[str, tuple[str, str]] = {}
     found: list[BinlogTransaction] = []
     txn = BinlogTransaction(None)
     for name in files[files.index(file) :]:
         offset = f" FROM {pos}" if name == file else ""
-        for _, at, kind, _, end, info in sql(f"SHOW BINLOG EVENTS IN '{name}'{offset}"):
-            if kind == "Gtid":
+        for _, at, kind, _, end, info in run(f"SHOW BINLOG EVENTS IN '{name}'{offset}"):
+            if kind == "Gtid" and "GTID_NEXT" in info:
+                # MySQL: "SET @@SESSION.GTID_NEXT= '<uuid>:<n>'".
+                txn = BinlogTransaction(info.split("'")[1])
+            elif kind == "Gtid":
                 # "BEGIN GTID 0-1-57", "GTID 0-1-58" (DDL); a group commit adds " cid=N".
                 words = info.split()
                 txn = BinlogTransaction(words[words.index("GTID") + 1])
@@ -80,10 +87,10 @@ def binlog_transactions(start: str, database: str) -> list[BinlogTransaction]:
                 table_id = info.split()[1]
                 db, _, table = info[info.index("(") + 1 : info.rindex(")")].partition(".")
                 tables[table_id] = (db, table)
-            elif kind.rsplit("_", 1)[0] in ROWS_EVENTS:
+            elif kind.removesuffix("_v1") in ROWS_EVENTS:  # MariaDB "Write_rows_v1"
                 db, table = tables[info.split()[1]]
                 if db == database:
-                    op = ROWS_EVENTS[kind.rsplit("_", 1)[0]]
+                    op = ROWS_EVENTS[kind.removesuffix("_v1")]
                     txn.rows.append(BinlogRows(name, at, op, db, table, txn.gtid))
             elif kind == "Xid" or (kind == "Query" and not info.startswith(("BEGIN", "SAVEPOINT"))):
                 txn.end = (name, end)
