@@ -25,6 +25,8 @@ from tests.test_mysql_handler import SCHEMA, wide_workload, workload
 SOURCE = "shop"
 ROWS = 30_000
 CHUNK = 200
+# A worker killed -9 holds its partitions until its session times out: keep that short.
+FAST_TAKEOVER = {"AESOP_SESSION_TIMEOUT": "10"}
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
 
@@ -152,13 +154,13 @@ def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
     config: Path = make_config(sources=[spec])
     churn = Churn(database, ROWS)
     churn.start()
-    first = workers.start(config)
+    first = workers.start(config, FAST_TAKEOVER)
     first.wait_for_log(f"relay {SOURCE}: initial snapshot of 1 table(s): {database}.items from")
     # Kill it once the checkpoint holds some snapshot progress, with rows still to read.
     progress = kill_once_under_way(first, zk_path)
     done_at_kill = progress["snapshot"]["done"]
     assert done_at_kill < ROWS, "the snapshot finished before the kill: make the table bigger"
-    second = workers.start(config)
+    second = workers.start(config, FAST_TAKEOVER)
     # From the acknowledged chunk (the table's checkpoint may be newer than the mirror's).
     second.wait_for_log(f"table(s): {database}.items after key [", timeout=60)
     resumed = second.log().split("items after key [", 1)[1].split("]", 1)[0]
@@ -280,7 +282,7 @@ def test_aesop_snapshot_while_streaming_with_a_kill_9_mid_way(
     zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
     churn = Churn(database, ROWS)
     churn.start()
-    first = workers.start(config)
+    first = workers.start(config, FAST_TAKEOVER)
     first.wait_for_log(f"relay {SOURCE}: reading")
     wait_until(lambda: zk_get(f"/aesop-test/{make_config.app_id}/heartbeats/{SOURCE}"), 30,
                "the relay's heartbeat")  # fmt: skip
@@ -291,7 +293,7 @@ def test_aesop_snapshot_while_streaming_with_a_kill_9_mid_way(
     progress = kill_once_under_way(first, zk_path)
     assert progress["snapshot"]["kind"] == "incremental"
     assert progress["snapshot"]["done"] < ROWS, "done before the kill: make the table bigger"
-    second = workers.start(config)
+    second = workers.start(config, FAST_TAKEOVER)
     second.wait_for_log(f"relay {SOURCE}: incremental snapshot done", timeout=180)
     churn.finish()
     caught_up(zk_path)
@@ -340,7 +342,7 @@ def test_aesop_snapshot_refuses_what_it_cannot_take_in_one_line(
             return line
 
         assert "no worker runs the relay of source 'shop'" in refused(SOURCE, f"{database}.items")
-        worker = workers.start(config)
+        worker = workers.start(config, FAST_TAKEOVER)
         worker.wait_for_log(f"relay {SOURCE}: reading")
         wait_until(lambda: zk_get(f"/aesop-test/{make_config.app_id}/heartbeats/{SOURCE}"), 30,
                    "the relay's heartbeat")  # fmt: skip
