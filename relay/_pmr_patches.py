@@ -9,11 +9,14 @@ name-mangled private methods, which any other version may have changed.
 from __future__ import annotations
 
 import datetime
+import struct
 from importlib import metadata
 from typing import Any
 
 from pymysqlreplication import binlogstream
 from pymysqlreplication.constants import FIELD_TYPE, NONE_SOURCE
+from pymysqlreplication.event import BinLogEvent, QueryEvent
+from pymysqlreplication.exceptions import MalformedBinLogEvent, StatusVariableMismatch
 from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import RowsEvent, TableMapEvent
 
@@ -169,6 +172,43 @@ _TABLE_MAP_PATCHES = {
 }
 
 
+def _query_event_init(
+    self: Any, from_packet: Any, event_size: int, table_map: Any, ctl_connection: Any, **kwargs: Any
+) -> None:
+    """QueryEvent.__init__, but a status variable newer than the library (MariaDB 11.2+ logs
+    its character set collations in DDL such as ``CREATE TABLE ... CHARACTER SET ascii``)
+    skips the rest of the status block, whose length the event gives, instead of failing the
+    event (the library then stops on every read of it, and the relay with it). aesop reads
+    only the query text of query events."""
+    BinLogEvent.__init__(self, from_packet, event_size, table_map, ctl_connection, **kwargs)
+    packet = self.packet
+    self.slave_proxy_id = packet.read_uint32()
+    self.execution_time = packet.read_uint32()
+    self.schema_length = struct.unpack("!B", packet.read(1))[0]
+    self.error_code = packet.read_uint16()
+    self.status_vars_length = packet.read_uint16()
+    post_header_len = self._advance_to_payload(13)
+    end = packet.read_bytes + self.status_vars_length
+    while packet.read_bytes < end:
+        key = packet.read_uint8()
+        try:
+            self._read_status_vars_value_for_key(key)
+        except StatusVariableMismatch:
+            packet.advance(end - packet.read_bytes)
+    self.schema = packet.read(self.schema_length)
+    packet.advance(1)
+    query_len = event_size - post_header_len - self.status_vars_length - self.schema_length - 1
+    if query_len < 0:
+        raise MalformedBinLogEvent(
+            f"QueryEvent payload length is negative after applying post-header length "
+            f"{post_header_len}"
+        )
+    self.query = packet.read(query_len).decode("utf-8", errors="backslashreplace")
+
+
+_QUERY_EVENT_PATCHES = {"__init__": _query_event_init}
+
+
 _applied = False
 
 
@@ -192,14 +232,19 @@ def apply() -> None:
     if _applied:
         return
     check_version()
-    for cls, patches in ((RowsEvent, _ROWS_EVENT_PATCHES), (TableMapEvent, _TABLE_MAP_PATCHES)):
+    patched = (
+        (RowsEvent, _ROWS_EVENT_PATCHES),
+        (TableMapEvent, _TABLE_MAP_PATCHES),
+        (QueryEvent, _QUERY_EVENT_PATCHES),
+    )
+    for cls, patches in patched:
         for name in patches:
             if not hasattr(cls, name):
                 raise LibraryVersionError(
                     f"pymysqlreplication.{cls.__name__} has no {name}; relay/_pmr_patches.py "
                     f"targets {DISTRIBUTION} {', '.join(SUPPORTED_VERSIONS)}: install that"
                 )
-    for cls, patches in ((RowsEvent, _ROWS_EVENT_PATCHES), (TableMapEvent, _TABLE_MAP_PATCHES)):
+    for cls, patches in patched:
         for name, function in patches.items():
             setattr(cls, name, function)
     # On a lost connection (2006, 2013) the library reconnects by itself: at once, from its

@@ -17,6 +17,7 @@ from tests.support.config import ConfigFactory, SourceSpec
 from tests.support.kafka import count_then_settle, read_topic
 from tests.support.mysql import master_position, mysql_url, sql
 from tests.support.replica import assert_converges, consumer_toml, create_schema
+from tests.support.servers import ServerDatabase
 from tests.support.stack import wait_until
 from tests.support.workers import Worker, WorkerFactory
 from tests.support.zookeeper import zk_get
@@ -189,36 +190,43 @@ def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
 
 
 def test_initial_snapshot_into_a_mysql_replica_then_live_changes(
-    workers: WorkerFactory, make_config: ConfigFactory, database: str, replica: str
+    workers: WorkerFactory, make_config: ConfigFactory, server: ServerDatabase
 ) -> None:
-    """Every table of the handler's end-to-end test (composite keys, a keyless table with
-    equal rows, every column type), filled before the relay starts: the replica ends equal."""
-    connect = mysql_url().connect_args()
-    create_schema(connect, database, SCHEMA)
-    create_schema(connect, replica, SCHEMA)
-    workload(database)
-    wide_workload(database)
-    topic, consumer = f"aesop.{make_config.app_id}", f"{make_config.app_id}-replica"
-    spec = SourceSpec(
-        name=SOURCE,
-        include=[f"{database}.*"],
-        server_id=7000 + random.randrange(10**8),
-        start="",
-        topic=topic,
-        snapshot="initial",
-        snapshot_chunk=7,
-    )
-    url = f"mysql://root@127.0.0.1:3306/{replica}"
-    worker = workers.start(make_config(sources=[spec], extra=consumer_toml(consumer, topic, url)))
-    worker.wait_for_log(f"relay {SOURCE}: initial snapshot done", timeout=120)
-    workload(database, base=10_000)
-    tables = assert_converges((connect, database), (connect, replica), 90)
-    assert {table: len(rows) for table, (rows, _) in tables.items()} == {
-        "items": 76, "order_lines": 8, "log": 28, "wide": 4,
-    }  # fmt: skip
-    events = [m["value"] for m in read_topic(topic, count_then_settle(100, 2.0), timeout=60)]
-    lasts = sorted(e["source"]["table"] for e in events if e["source"]["snapshot"] == "last")
-    assert lasts == ["items", "log", "order_lines", "wide"]
+    """On each server of the matrix, every table of the handler's end-to-end test (composite
+    keys, a keyless table with equal rows, every column type), filled before the relay
+    starts: the replica ends equal to the source, after live changes too."""
+    replica = f"{server.db}_replica"
+    try:
+        create_schema(server.connect_args(), server.db, SCHEMA)
+        create_schema(server.connect_args(), replica, SCHEMA)
+        workload(server)
+        wide_workload(server)
+        topic, consumer = f"aesop.{make_config.app_id}", f"{make_config.app_id}-replica"
+        spec = SourceSpec(
+            name=SOURCE,
+            include=[f"{server.db}.*"],
+            server_id=7000 + random.randrange(10**8),
+            start="",
+            topic=topic,
+            mysql=server.url(),
+            snapshot="initial",
+            snapshot_chunk=7,
+        )
+        url = f"mysql://root@127.0.0.1:{server.server.port}/{replica}"
+        config = make_config(sources=[spec], extra=consumer_toml(consumer, topic, url))
+        worker = workers.start(config, FAST_TAKEOVER)
+        worker.wait_for_log(f"relay {SOURCE}: initial snapshot done", timeout=120)
+        workload(server, base=10_000)
+        connect = server.connect_args()
+        tables = assert_converges((connect, server.db), (connect, replica), 90)
+        assert {table: len(rows) for table, (rows, _) in tables.items()} == {
+            "items": 76, "order_lines": 8, "log": 28, "wide": 4,
+        }  # fmt: skip
+        events = [m["value"] for m in read_topic(topic, count_then_settle(100, 2.0), timeout=60)]
+        lasts = sorted(e["source"]["table"] for e in events if e["source"]["snapshot"] == "last")
+        assert lasts == ["items", "log", "order_lines", "wide"]
+    finally:
+        server.sql(f"DROP DATABASE IF EXISTS {replica}")
 
 
 def test_rows_changed_while_their_chunk_is_read_are_never_published_older(
