@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from app.errors import ConfigError
+from app.gtids import GtidSet
 
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
@@ -286,6 +287,11 @@ def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
             f"{where}.start",
             f"{start!r} is not earliest, latest, 'mysql-bin.000003:4' or 'gtid:<set>'",
         )
+    if start.startswith("gtid:"):
+        try:
+            GtidSet.parse(start[len("gtid:") :])
+        except ValueError as exc:
+            raise checker.fail(f"{where}.start", f"{start!r}: {exc}") from None
     include = tuple(table.get("include", ()))
     exclude = tuple(table.get("exclude", ()))
     for pattern in include + exclude:

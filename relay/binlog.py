@@ -37,6 +37,7 @@ from pymysqlreplication.row_event import (
 
 from app.change_event import CREATE, DELETE, UPDATE, key_prefix, source_block
 from app.errors import DecodeError, PositionLostError, SourceError
+from app.gtids import MARIADB, GtidSet
 from app.settings import SourceSettings
 from relay import _pmr_patches, values
 from relay.decoder import RowDecoder, layout_key
@@ -171,6 +172,9 @@ class BinlogReader:
         self._ctl: pymysql.connections.Connection | None = None
         self._file = start.file  # the binlog file being read, for error messages
         self._is_mariadb = False
+        # The executed GTID set through the last transaction read, where the server has
+        # GTIDs: the reader resumes by it (auto-position) and adds each transaction's GTID.
+        self._gtids = None if start.gtid_set is None else GtidSet.parse(start.gtid_set)
 
     def stop(self) -> None:
         """Ask the thread to stop; closing the stream unblocks a pending read."""
@@ -189,9 +193,11 @@ class BinlogReader:
                 return
             reason = _mysql_reason(exc)
             if exc.args and exc.args[0] == 1236:  # the server cannot send from there
+                where = self.resume
+                place = f"GTID set {where.gtid_set}" if self._gtids is not None else str(where)
                 raise PositionLostError(
                     f"source {self.source.name!r}: the server cannot send its binlog from "
-                    f"{self.resume} ({reason}); if that binlog was purged, changes after it are "
+                    f"{place} ({reason}); if that binlog was purged, changes after it are "
                     "lost to aesop: keep binlogs longer (expire_logs_days), re-sync the "
                     "consumers, and delete the checkpoint to restart from 'start'"
                 ) from None
@@ -222,13 +228,20 @@ class BinlogReader:
                 self._stream.close()
             self._stream = None
 
+    def _where(self) -> dict[str, Any]:
+        """Where the stream starts: by GTID set (the server skips the transactions in it)
+        when there is one, else by file and position. Both start at ``self.start``."""
+        gtids = self._gtids
+        if gtids is None:
+            return {"log_file": self.start.file, "log_pos": self.start.pos}
+        return {"auto_position": str(gtids), "is_mariadb": gtids.flavour == MARIADB}
+
     def _run(self) -> None:
         self._stream = stream = BinLogStreamReader(
             connection_settings=connection_settings(self.source),
             server_id=self.source.server_id,
             resume_stream=True,
-            log_file=self.start.file,
-            log_pos=self.start.pos,
+            **self._where(),
             blocking=True,
             only_events=EVENTS,
             # The library drops NotImplementedEvent by default: compressed row events would
@@ -282,7 +295,10 @@ class BinlogReader:
         # After a commit (or DDL, which commits implicitly, or XA PREPARE, after which XA
         # COMMIT comes as a transaction of its own), the next event is a transaction
         # boundary: a safe place to resume.
-        batch.resume = Position(self._file, event.packet.log_pos, txn.gtid)
+        gtids = self._gtids
+        if gtids is not None and txn.gtid is not None:
+            gtids.add(txn.gtid)
+        batch.resume = Position(self._file, event.packet.log_pos, txn.gtid, self._gtid_text())
         state.ended_gtid = txn.gtid
         txn.begin(None, open_=False)
         state.batch = self._flush(batch)
@@ -302,8 +318,16 @@ class BinlogReader:
         # another table's columns; start every file afresh.
         assert self._stream is not None
         self._stream.table_map = {}
-        if not state.txn.open:
-            state.batch.resume = Position(self._file, event.position, state.ended_gtid)
+        # A stream started by GTID begins with a rotate to its file at position 4 (the
+        # server then skips what the set holds): the resume point stays where it was.
+        by_gtid_start = self._gtids is not None and not event.packet.log_pos
+        if not state.txn.open and not by_gtid_start:
+            state.batch.resume = Position(
+                self._file, event.position, state.ended_gtid, self._gtid_text()
+            )
+
+    def _gtid_text(self) -> str | None:
+        return None if self._gtids is None else str(self._gtids)
 
     def _on_heartbeat(self, event: Any, state: _Reading) -> None:
         self._mark_streaming()

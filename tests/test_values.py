@@ -18,6 +18,7 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from relay import _pmr_patches
+from relay.binlog_status import binary_log_status
 from relay.decoder import RowDecoder
 from relay.values import convert_row, converter_key, mariadb_json_columns, row_converter
 
@@ -353,8 +354,7 @@ def run_sql(server: Server) -> Callable[..., list[Change]]:
 
     def run(*statements: str) -> list[Change]:
         with server.connect() as conn, conn.cursor() as cur:
-            cur.execute("SHOW MASTER STATUS")
-            log_file, log_pos = cur.fetchone()[:2]
+            log_file, log_pos = binary_log_status(cur)[:2]
             for statement in statements:
                 cur.execute(statement)
         reader = BinLogStreamReader(
