@@ -124,7 +124,10 @@ class SourceLag:
     unread: bool | None  # None when it cannot be told (no ZooKeeper, no checkpoint)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        if self.checkpoint is not None:
+            document["checkpoint"] = self.checkpoint.to_json()
+        return document
 
 
 @dataclass(frozen=True)
