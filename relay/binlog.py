@@ -37,7 +37,7 @@ from pymysqlreplication.row_event import (
 
 from app.change_event import CREATE, DELETE, UPDATE, key_prefix, source_block
 from app.errors import DecodeError, PositionLostError, SourceError
-from app.gtids import MARIADB, GtidSet
+from app.gtids import MARIADB, MYSQL, GtidSet, flavour_of
 from app.settings import SourceSettings
 from relay import _pmr_patches, values
 from relay.decoder import RowDecoder, layout_key
@@ -174,7 +174,11 @@ class BinlogReader:
         self._is_mariadb = False
         # The executed GTID set through the last transaction read, where the server has
         # GTIDs: the reader resumes by it (auto-position) and adds each transaction's GTID.
-        self._gtids = None if start.gtid_set is None else GtidSet.parse(start.gtid_set)
+        # An empty set (a server that has logged no GTID yet) is read by file:pos, and the set
+        # starts with the first GTID read, of that GTID's flavour.
+        self._track_gtids = start.gtid_set is not None
+        self._gtids = GtidSet.parse(start.gtid_set) if start.gtid_set else None
+        self._by_gtid = self._gtids is not None
 
     def stop(self) -> None:
         """Ask the thread to stop; closing the stream unblocks a pending read."""
@@ -194,7 +198,7 @@ class BinlogReader:
             reason = _mysql_reason(exc)
             if exc.args and exc.args[0] == 1236:  # the server cannot send from there
                 where = self.resume
-                place = f"GTID set {where.gtid_set}" if self._gtids is not None else str(where)
+                place = f"GTID set {where.gtid_set}" if self._by_gtid else str(where)
                 raise PositionLostError(
                     f"source {self.source.name!r}: the server cannot send its binlog from "
                     f"{place} ({reason}); if that binlog was purged, changes after it are "
@@ -231,10 +235,11 @@ class BinlogReader:
     def _where(self) -> dict[str, Any]:
         """Where the stream starts: by GTID set (the server skips the transactions in it)
         when there is one, else by file and position. Both start at ``self.start``."""
-        gtids = self._gtids
-        if gtids is None:
-            return {"log_file": self.start.file, "log_pos": self.start.pos}
-        return {"auto_position": str(gtids), "is_mariadb": gtids.flavour == MARIADB}
+        start = self.start
+        if not self._by_gtid or start.gtid_set is None:
+            return {"log_file": start.file, "log_pos": start.pos}
+        flavour = GtidSet.parse(start.gtid_set).flavour
+        return {"auto_position": start.gtid_set, "is_mariadb": flavour == MARIADB}
 
     def _run(self) -> None:
         self._stream = stream = BinLogStreamReader(
@@ -295,9 +300,10 @@ class BinlogReader:
         # After a commit (or DDL, which commits implicitly, or XA PREPARE, after which XA
         # COMMIT comes as a transaction of its own), the next event is a transaction
         # boundary: a safe place to resume.
-        gtids = self._gtids
-        if gtids is not None and txn.gtid is not None:
-            gtids.add(txn.gtid)
+        if self._track_gtids and txn.gtid is not None:
+            if self._gtids is None:
+                self._gtids = GtidSet(flavour_of(txn.gtid) or MYSQL)
+            self._gtids.add(txn.gtid)
         batch.resume = Position(self._file, event.packet.log_pos, txn.gtid, self._gtid_text())
         state.ended_gtid = txn.gtid
         txn.begin(None, open_=False)
@@ -320,14 +326,16 @@ class BinlogReader:
         self._stream.table_map = {}
         # A stream started by GTID begins with a rotate to its file at position 4 (the
         # server then skips what the set holds): the resume point stays where it was.
-        by_gtid_start = self._gtids is not None and not event.packet.log_pos
+        by_gtid_start = self._by_gtid and not event.packet.log_pos
         if not state.txn.open and not by_gtid_start:
             state.batch.resume = Position(
                 self._file, event.position, state.ended_gtid, self._gtid_text()
             )
 
     def _gtid_text(self) -> str | None:
-        return None if self._gtids is None else str(self._gtids)
+        if not self._track_gtids:
+            return None
+        return "" if self._gtids is None else str(self._gtids)
 
     def _on_heartbeat(self, event: Any, state: _Reading) -> None:
         self._mark_streaming()
