@@ -21,6 +21,10 @@ class PositionLostError(SourceError):
     """The binlog file a checkpoint points at no longer exists on the server."""
 
 
+class GtidError(SourceError):
+    """A GTID start or checkpoint the server cannot serve: no GTIDs, or another flavour's."""
+
+
 class DecodeError(SourceError):
     """A binlog event could not be decoded; continuing would silently drop changes."""
 

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from app.errors import ConfigError
+from app.gtids import GtidSet
 
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
@@ -307,6 +308,11 @@ def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
     signal_db, dot, signal_name = table.get("signal_table", "aesop.signals").partition(".")
     if not (signal_db and dot and signal_name):
         raise checker.fail(f"{where}.signal_table", "must be db.table")
+    if start.startswith("gtid:"):
+        try:
+            GtidSet.parse(start[len("gtid:") :])
+        except ValueError as exc:
+            raise checker.fail(f"{where}.start", f"{start!r}: {exc}") from None
     include = tuple(table.get("include", ()))
     exclude = tuple(table.get("exclude", ()))
     for pattern in include + exclude:

@@ -42,6 +42,7 @@ def request(settings: Settings, source_name: str, names: list[str], mirrored: Mi
     (``file:pos``), which the relay passes once it took the request."""
     import pymysql
 
+    from relay.binlog_status import binary_log_status
     from relay.include import TableFilter
     from relay.snapshot import SIGNAL_TYPE
     from relay.snapshot_rows import quote
@@ -74,8 +75,10 @@ def request(settings: Settings, source_name: str, names: list[str], mirrored: Mi
                 f"{signal_table} as {url.user} ({exc.args[-1]}); grant that user CREATE and "
                 "INSERT on it, or create it and point signal_table at a table it may write"
             ) from None
-        cur.execute("SHOW MASTER STATUS")
-        file, pos = cur.fetchone()[:2]
+        status = binary_log_status(cur)
+        if status is None:
+            raise Refused(f"source {source.name!r}: the server has binary logging off")
+        file, pos = status[:2]
     return f"{file}:{pos}"
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pymysql
 
+from relay.binlog_status import binary_log_status
 from tests.support.mysql import mysql_url
 
 COLUMNS = "id, n, big, name, amount, at, score"
@@ -42,8 +43,7 @@ def drop_database(db: str) -> None:
 
 def master_status() -> tuple[str, int]:
     with connect() as conn, conn.cursor() as cur:
-        cur.execute("SHOW MASTER STATUS")
-        file, pos = cur.fetchone()[:2]
+        file, pos = binary_log_status(cur)[:2]
         return str(file), int(pos)
 
 

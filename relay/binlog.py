@@ -37,6 +37,7 @@ from pymysqlreplication.row_event import (
 
 from app.change_event import CREATE, DELETE, READ, UPDATE, key_prefix, source_block
 from app.errors import DecodeError, LibraryVersionError, PositionLostError, SourceError
+from app.gtids import MARIADB, MYSQL, GtidSet, flavour_of
 from app.settings import SourceSettings
 from relay import _pmr_patches, values
 from relay.compressed import CompressedEventError, MariadbCompressedEvent, TransactionPayloadEvent
@@ -247,6 +248,13 @@ class BinlogReader:
                 else f"after key {orjson.dumps(snapshot.after).decode()}",
                 snapshot.done,
             )  # fmt: skip
+        # The executed GTID set through the last transaction read, where the server has
+        # GTIDs: the reader resumes by it (auto-position) and adds each transaction's GTID.
+        # An empty set (a server that has logged no GTID yet) is read by file:pos, and the set
+        # starts with the first GTID read, of that GTID's flavour.
+        self._track_gtids = start.gtid_set is not None
+        self._gtids = GtidSet.parse(start.gtid_set) if start.gtid_set else None
+        self._by_gtid = self._gtids is not None
 
     def stop(self) -> None:
         """Ask the thread to stop; closing the stream unblocks a pending read."""
@@ -265,9 +273,11 @@ class BinlogReader:
                 return
             reason = _mysql_reason(exc)
             if exc.args and exc.args[0] == 1236:  # the server cannot send from there
+                where = self.resume
+                place = f"GTID set {where.gtid_set}" if self._by_gtid else str(where)
                 raise PositionLostError(
                     f"source {self.source.name!r}: the server cannot send its binlog from "
-                    f"{self.resume} ({reason}); if that binlog was purged, changes after it are "
+                    f"{place} ({reason}); if that binlog was purged, changes after it are "
                     "lost to aesop: keep binlogs longer (expire_logs_days), re-sync the "
                     "consumers, and delete the checkpoint to restart from 'start'"
                 ) from None
@@ -306,13 +316,21 @@ class BinlogReader:
                 self._stream.close()
             self._stream = None
 
+    def _where(self) -> dict[str, Any]:
+        """Where the stream starts: by GTID set (the server skips the transactions in it)
+        when there is one, else by file and position. Both start at ``self.start``."""
+        start = self.start
+        if not self._by_gtid or start.gtid_set is None:
+            return {"log_file": start.file, "log_pos": start.pos}
+        flavour = GtidSet.parse(start.gtid_set).flavour
+        return {"auto_position": start.gtid_set, "is_mariadb": flavour == MARIADB}
+
     def _run(self) -> None:
         self._stream = stream = BinLogStreamReader(
             connection_settings=connection_settings(self.source),
             server_id=self.source.server_id,
             resume_stream=True,
-            log_file=self.start.file,
-            log_pos=self.start.pos,
+            **self._where(),
             blocking=True,
             only_events=EVENTS,
             # The library drops NotImplementedEvent by default: an event type it does not know
@@ -399,7 +417,11 @@ class BinlogReader:
         # After a commit (or DDL, which commits implicitly, or XA PREPARE, after which XA
         # COMMIT comes as a transaction of its own), the next event is a transaction
         # boundary: a safe place to resume.
-        batch.resume = Position(self._file, event.packet.log_pos, txn.gtid)
+        if self._track_gtids and txn.gtid is not None:
+            if self._gtids is None:
+                self._gtids = GtidSet(flavour_of(txn.gtid) or MYSQL)
+            self._gtids.add(txn.gtid)
+        batch.resume = Position(self._file, event.packet.log_pos, txn.gtid, self._gtid_text())
         state.ended_gtid = txn.gtid
         txn.begin(None, open_=False)
         if self._snap is not None:
@@ -421,8 +443,18 @@ class BinlogReader:
         # another table's columns; start every file afresh.
         assert self._stream is not None
         self._stream.table_map = {}
-        if not state.txn.open:
-            state.batch.resume = Position(self._file, event.position, state.ended_gtid)
+        # A stream started by GTID begins with a rotate to its file at position 4 (the
+        # server then skips what the set holds): the resume point stays where it was.
+        by_gtid_start = self._by_gtid and not event.packet.log_pos
+        if not state.txn.open and not by_gtid_start:
+            state.batch.resume = Position(
+                self._file, event.position, state.ended_gtid, self._gtid_text()
+            )
+
+    def _gtid_text(self) -> str | None:
+        if not self._track_gtids:
+            return None
+        return "" if self._gtids is None else str(self._gtids)
 
     def _on_heartbeat(self, event: Any, state: _Reading) -> None:
         self._mark_streaming()

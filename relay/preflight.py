@@ -9,13 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pymysql
 
-from app.errors import PositionLostError, SourceError
+from app.errors import GtidError, PositionLostError, SourceError
+from app.gtids import GtidSet, parse_for
 from app.settings import SourceSettings
-from relay import snapshot
+from relay import binlog_status, snapshot
 from tables.positions import Checkpoint, Position, SnapshotProgress
 
 # The settings a row-based reader needs, and the value each must have.
@@ -99,15 +100,6 @@ def binary_logs(conn: pymysql.connections.Connection) -> list[str]:
     with conn.cursor() as cur:
         cur.execute("SHOW BINARY LOGS")
         return [row[0] for row in cur.fetchall()]
-
-
-def current_position(conn: pymysql.connections.Connection) -> Position:
-    with conn.cursor() as cur:
-        cur.execute("SHOW MASTER STATUS")
-        row = cur.fetchone()
-    if not row:
-        raise SourceError("SHOW MASTER STATUS is empty: binary logging is off")
-    return Position(row[0], int(row[1]))
 
 
 def check_server(source: SourceSettings, conn: pymysql.connections.Connection) -> dict[str, str]:
@@ -201,24 +193,114 @@ def check_position(
         )
 
 
-def starting_checkpoint(source: SourceSettings, conn: pymysql.connections.Connection) -> Checkpoint:
+def starting_checkpoint(
+    source: SourceSettings, conn: pymysql.connections.Connection, server: Server
+) -> Checkpoint:
     """Where a source with no checkpoint starts, per its ``start`` setting."""
     start = source.start
     if source.snapshot == "initial":  # the snapshot reads what the binlog before holds
-        return Checkpoint.at(current_position(conn))
+        return Checkpoint.at(binlog_status.current(conn, server.kind, server.gtids))
+    if start.startswith("gtid:"):
+        return Checkpoint.at(gtid_start(source, conn, server, start[len("gtid:") :]))
     if start == "earliest":
         files = binary_logs(conn)
         if not files:
             raise SourceError(f"source {source.name!r}: the server lists no binary logs")
-        return Checkpoint.at(Position(files[0], 4))
-    if start == "latest":
-        return Checkpoint.at(current_position(conn))
-    if start.startswith("gtid:"):
-        raise SourceError(
-            f"source {source.name!r}: start = {start!r}: GTID starts are not supported yet; "
-            "use earliest, latest or 'file:pos'"
+        position = Position(files[0], 4)
+    elif start == "latest":
+        return Checkpoint.at(binlog_status.current(conn, server.kind, server.gtids))
+    else:
+        position = Position.parse(start)
+    check_position(source, conn, position)
+    return Checkpoint.at(with_gtid_set(conn, server, position))
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """The flavour of a source's server, and whether it gives transactions GTIDs."""
+
+    kind: str
+    gtids: bool
+
+    @classmethod
+    def of(cls, conn: pymysql.connections.Connection) -> Server:
+        kind = binlog_status.flavour(conn)
+        return cls(kind, binlog_status.gtids_on(conn, kind))
+
+
+def with_gtid_set(
+    conn: pymysql.connections.Connection, server: Server, position: Position
+) -> Position:
+    """``position`` with the executed GTID set there, where the server has GTIDs."""
+    if not server.gtids:
+        return replace(position, gtid_set=None)
+    return replace(position, gtid_set=binlog_status.gtid_set_at(conn, server.kind, position))
+
+
+def gtid_start(
+    source: SourceSettings, conn: pymysql.connections.Connection, server: Server, text: str
+) -> Position:
+    """The position of ``start = "gtid:<set>"``: the first transaction not in the set."""
+    prefix = f"source {source.name!r}: "
+    if not server.gtids:
+        raise GtidError(
+            f"{prefix}start = 'gtid:...' but the server has gtid_mode OFF; turn GTIDs on "
+            "(gtid_mode=ON, enforce_gtid_consistency=ON) or start from earliest, latest or "
+            "'file:pos'"
         )
-    return Checkpoint.at(Position.parse(start))
+    try:
+        gtid_set = parse_for(text, server.kind, "start = 'gtid:...':")
+    except SourceError as exc:
+        raise GtidError(prefix + str(exc)) from None
+    files = binary_logs(conn)
+    check_not_purged(source, conn, server, gtid_set, files, "start = 'gtid:...'")
+    return binlog_status.position_of(conn, server.kind, gtid_set, files)
+
+
+def check_not_purged(
+    source: SourceSettings,
+    conn: pymysql.connections.Connection,
+    server: Server,
+    gtid_set: GtidSet,
+    files: list[str],
+    what: str,
+) -> None:
+    missing = gtid_set.missing_from(binlog_status.purged(conn, server.kind, files))
+    if missing is not None:
+        raise PositionLostError(
+            f"source {source.name!r}: {what} lacks {missing}, which the server has purged from "
+            "its binlogs; the changes in between are lost to aesop: give a GTID set that "
+            "includes the server's purged set (MySQL: SELECT @@gtid_purged; MariaDB: the "
+            "Gtid_list of its oldest binlog), re-sync the consumers, and delete the checkpoint "
+            "to restart from 'start'"
+        )
+
+
+def resume_point(
+    source: SourceSettings,
+    conn: pymysql.connections.Connection,
+    server: Server,
+    checkpoint: Checkpoint,
+) -> Checkpoint:
+    """The stored checkpoint, checked against the server: by GTID when it has a GTID set
+    and the server has GTIDs, else by file:pos (adding the GTID set where the server has
+    one, for checkpoints written before aesop kept it)."""
+    if checkpoint.gtid_set is not None and server.gtids:
+        try:
+            gtid_set = parse_for(checkpoint.gtid_set, server.kind, "the checkpoint's gtid_set")
+        except SourceError as exc:
+            raise GtidError(
+                f"source {source.name!r}: {exc}; this source's checkpoint was written "
+                "reading another kind of server: delete it to restart from 'start'"
+            ) from None
+        what = f"the checkpoint's gtid_set {checkpoint.gtid_set}"
+        check_not_purged(source, conn, server, gtid_set, binary_logs(conn), what)
+        return checkpoint
+    check_position(source, conn, checkpoint.position)
+    if checkpoint.gtid_set is None and not server.gtids:
+        return checkpoint
+    position = with_gtid_set(conn, server, checkpoint.position)
+    return replace(checkpoint, gtid_set=position.gtid_set)
 
 
 def preflight(source: SourceSettings, checkpoint: Checkpoint | None) -> Checkpoint:
@@ -231,14 +313,17 @@ def check(source: SourceSettings, checkpoint: Checkpoint | None) -> tuple[Checkp
     with connect(source) as conn:
         try:
             found = check_server(source, conn)
-            chosen = checkpoint or starting_checkpoint(source, conn)
-            check_position(source, conn, chosen.position)
-            if checkpoint is None and source.snapshot == "initial":
-                with conn.cursor() as cur:
-                    tables = snapshot.included_tables(cur, source)
-                if tables:
-                    progress = SnapshotProgress(snapshot.INITIAL, tables)
-                    chosen = replace(chosen, snapshot=progress)
+            server = Server.of(conn)
+            if checkpoint is None:
+                chosen = starting_checkpoint(source, conn, server)
+                if source.snapshot == "initial":
+                    with conn.cursor() as cur:
+                        tables = snapshot.included_tables(cur, source)
+                    if tables:
+                        progress = SnapshotProgress(snapshot.INITIAL, tables)
+                        chosen = replace(chosen, snapshot=progress)
+            else:
+                chosen = resume_point(source, conn, server, checkpoint)
         except pymysql.err.MySQLError as exc:
             raise SourceError(f"source {source.name!r}: {describe(exc, source)}") from None
     return chosen, compression_report(found)

@@ -3,7 +3,7 @@
 The reader thread runs a snapshot alongside the binlog, one chunk at a time, at transaction
 boundaries of the stream:
 
-1. ``low``: the server's binlog position (``SHOW MASTER STATUS``);
+1. ``low``: the server's binlog position (``SHOW BINARY LOG STATUS``, or ``SHOW MASTER STATUS``);
 2. the next chunk of rows, ``SELECT ... WHERE key > last ORDER BY key LIMIT n``;
 3. ``high``: the server's binlog position again.
 
@@ -44,6 +44,7 @@ import pymysql
 from app.change_event import key_prefix
 from app.errors import DecodeError, SourceError
 from app.settings import SourceSettings
+from relay import binlog_status
 from relay.include import TableFilter
 from relay.snapshot_rows import SESSION, MissingTable, SnapshotTable, describe
 from tables.positions import SnapshotProgress, scn_of
@@ -299,8 +300,7 @@ class Snapshotter:
 
     @staticmethod
     def _binlog_scn(cur: Any) -> int:
-        cur.execute("SHOW MASTER STATUS")
-        found = cur.fetchone()
+        found = binlog_status.binary_log_status(cur)
         if not found:
             raise SourceError("snapshot: the server shows no binlog position (is log-bin on?)")
         file, pos = found[0], found[1]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
-from app.errors import AesopError, DecodeError, PositionLostError, SourceError
+from app.errors import AesopError, DecodeError, GtidError, PositionLostError, SourceError
 from app.retry import RECONNECT
 from app.settings import SourceSettings
 from relay import preflight
@@ -158,7 +158,7 @@ class SourceRelay:
             try:
                 checkpoint = await self._initial_checkpoint()
                 break
-            except AesopError as exc:  # a purged or malformed checkpoint
+            except AesopError as exc:  # a purged or malformed checkpoint, a GTID misfit
                 self._fail(exc)
             if await self._sleep_or_stop(FAILED_RETRY_S):
                 return
@@ -238,7 +238,7 @@ class SourceRelay:
                 chosen = await asyncio.to_thread(preflight.preflight, self.source, checkpoint)
                 log.info("relay %s: checkpoint from %s", self.name, origin)
                 return chosen
-            except PositionLostError:
+            except (PositionLostError, GtidError):
                 raise
             except SourceError as exc:
                 self._set_state(RETRYING, str(exc))

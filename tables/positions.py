@@ -31,7 +31,11 @@ class Position:
 
     file: str
     pos: int
-    gtid: str | None = None
+    gtid: str | None = None  # the GTID of the transaction that ends here
+    # Every transaction executed through here, in the server's GTID set syntax (MySQL:
+    # ``uuid:1-57``; MariaDB: ``0-1-57``, the last per domain); None where the server has no
+    # GTIDs. Resuming by it yields the same file:pos, hence the same SCNs.
+    gtid_set: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Position:
@@ -82,6 +86,9 @@ class Checkpoint:
 
     ``file``/``pos`` is a transaction boundary at or before the event ``(scn, row)``;
     on resume the relay reads from there and publishes nothing at or below ``(scn, row)``.
+    ``gtid_set`` is the executed GTID set at ``file``/``pos`` (None where the server has no
+    GTIDs, and in checkpoints written before aesop kept it); with it, the relay resumes by
+    GTID at the same place.
     """
 
     file: str
@@ -90,11 +97,12 @@ class Checkpoint:
     scn: int
     row: int
     ts_ms: int
+    gtid_set: str | None = None  # the executed GTID set up to file:pos, where the server has GTIDs
     snapshot: SnapshotProgress | None = None  # a snapshot under way
 
     @property
     def position(self) -> Position:
-        return Position(self.file, self.pos, self.gtid)
+        return Position(self.file, self.pos, self.gtid, self.gtid_set)
 
     @property
     def last(self) -> tuple[int, int]:
@@ -110,13 +118,23 @@ class Checkpoint:
         """A checkpoint at ``position``; with no ``last``, nothing before it is skipped."""
         scn, row = last if last is not None else (scn_of(position.file, position.pos), -1)
         return cls(
-            position.file, position.pos, position.gtid, scn, row, int(time.time() * 1000), snapshot
+            position.file,
+            position.pos,
+            position.gtid,
+            scn,
+            row,
+            int(time.time() * 1000),
+            position.gtid_set,
+            snapshot,
         )
 
     def to_json(self) -> dict[str, Any]:
-        """``{file, pos, gtid, scn, row, ts_ms}``, and ``snapshot`` while one is under way."""
-        data = {"file": self.file, "pos": self.pos, "gtid": self.gtid, "scn": self.scn,
-                "row": self.row, "ts_ms": self.ts_ms}  # fmt: skip
+        """``{file, pos, gtid, scn, row, ts_ms}``, ``gtid_set`` where there is one, and
+        ``snapshot`` while one is under way."""
+        data: dict[str, Any] = {"file": self.file, "pos": self.pos, "gtid": self.gtid,
+                                "scn": self.scn, "row": self.row, "ts_ms": self.ts_ms}  # fmt: skip
+        if self.gtid_set is not None:
+            data["gtid_set"] = self.gtid_set
         if self.snapshot is not None:
             data["snapshot"] = self.snapshot.to_json()
         return data
@@ -132,6 +150,7 @@ class Checkpoint:
                 scn=int(data["scn"]),
                 row=int(data["row"]),
                 ts_ms=int(data.get("ts_ms", 0)),
+                gtid_set=_optional_text(data.get("gtid_set")),
                 snapshot=(
                     None
                     if data.get("snapshot") is None
@@ -142,6 +161,12 @@ class Checkpoint:
             raise SourceError(
                 f"stored checkpoint {data!r} is malformed; fix or delete it to restart from 'start'"
             ) from None
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected text, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,8 @@ from tests.support.workers import Worker, WorkerFactory, data_dir
 from tests.support.zookeeper import zk_get
 
 SOURCE = "shop"
-CHECKPOINT_KEYS = {"file", "pos", "gtid", "scn", "row", "ts_ms"}
+# gtid_set: the stack's MariaDB logs GTIDs, so the relay keeps the set and resumes by it.
+CHECKPOINT_KEYS = {"file", "pos", "gtid", "scn", "row", "ts_ms", "gtid_set"}
 
 
 pytestmark = pytest.mark.usefixtures("drop_test_resources")
@@ -158,6 +159,8 @@ def test_checkpoint_in_zookeeper_matches_last_published_event(workers, tmp_path,
     assert {m["value"]["source"]["gtid"] for m in messages[-3:]} == {final.gtid}
     if (checkpoint["file"], checkpoint["pos"]) == final.end:
         assert checkpoint["gtid"] == final.gtid
+        # One replication domain: the set at the end of that transaction is its GTID.
+        assert checkpoint["gtid_set"] == final.gtid
     assert abs(checkpoint["ts_ms"] - time.time() * 1000) < 60_000
     # The table (its changelog) holds the same checkpoint the mirror has.
     stored = wait_until(

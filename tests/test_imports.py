@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     # 0: settings, errors, the change event's definition and the worker's plumbing.
     (
         "app.errors",
+        "app.gtids",
         "app.change_event",
         "app.settings",
         "app.retry",

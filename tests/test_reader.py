@@ -390,3 +390,36 @@ def test_a_mariadb_compressed_event_that_does_not_open_names_its_start(
     reader = binlog.BinlogReader(SOURCE, START, (0, -1), Collected())  # type: ignore[arg-type]
     with pytest.raises(binlog.RowDecodeError, match=f"event at {FILE}:1234 could not be opened"):
         reader.run()
+
+
+def test_a_gtid_stream_adds_each_transaction_to_the_set_and_keeps_its_start_at_the_rotate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started by GTID set, the server's first Rotate (log_pos 0) is to position 4 of the
+    file: the resume point stays the checkpoint's until a transaction ends."""
+    opening = rotate()
+    opening.packet.log_pos = 0
+    events = [
+        opening,
+        *begin(100, "0-1-9"),
+        rows(WriteRowsEvent, 200, [{"values": {"id": 1}}, {"values": {"id": 2}}]),
+        event(XidEvent, 300),
+    ]
+    start = Position(FILE, 100, "0-1-8", "0-1-8,1-1-3")
+    monkeypatch.setattr(binlog, "ROWS_PER_BATCH", 1)
+    reader, handoff = read(monkeypatch, events, start=start)
+    assert reader._where() == {"auto_position": "0-1-8,1-1-3", "is_mariadb": True}
+    assert [b.resume for b in handoff.batches] == [
+        start,  # the first row, handed before the commit
+        Position(FILE, 350, "0-1-9", "0-1-9,1-1-3"),
+    ]
+
+
+def test_an_empty_gtid_set_reads_by_position_and_starts_the_set_at_the_first_gtid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = [rotate(), *begin(100, "0-1-1"), event(XidEvent, 300)]
+    monkeypatch.setattr(binlog, "POSITION_EVERY_S", 0.0)
+    reader, handoff = read(monkeypatch, events, start=Position(FILE, 4, None, ""))
+    assert reader._where() == {"log_file": FILE, "log_pos": 4}
+    assert handoff.batches[-1].resume == Position(FILE, 350, "0-1-1", "0-1-1")

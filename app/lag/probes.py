@@ -71,14 +71,15 @@ class MySQLProbe:
 
 
 def read_server(source: SourceSettings, checkpoint: Mapping[str, Any] | None) -> ServerPosition:
-    """SHOW MASTER STATUS and SHOW BINARY LOGS (blocking: run it in a thread)."""
+    """The binlog status and SHOW BINARY LOGS (blocking: run it in a thread)."""
     import pymysql
+
+    from relay.binlog_status import binary_log_status
 
     with pymysql.connect(
         **source.mysql.connect_args(), connect_timeout=CONNECT_TIMEOUT_S, read_timeout=10
     ) as conn, conn.cursor() as cur:  # fmt: skip
-        cur.execute("SHOW MASTER STATUS")
-        row = cur.fetchone()
+        row = binary_log_status(cur)
         if row is None:
             raise SourceError("binary logging is off on this server")
         file, pos = str(row[0]), int(row[1])

@@ -10,6 +10,7 @@ from typing import Any
 import pymysql
 
 from app.settings import MySQLURL
+from relay.binlog_status import binary_log_status
 
 
 def mysql_url(database: str | None = None) -> MySQLURL:
@@ -28,7 +29,8 @@ def sql(*statements: str, database: str | None = None) -> list[tuple[Any, ...]]:
 
 
 def master_position() -> str:
-    file, pos = sql("SHOW MASTER STATUS")[0][:2]
+    with pymysql.connect(**mysql_url().connect_args()) as conn, conn.cursor() as cur:
+        file, pos = binary_log_status(cur)[:2]
     return f"{file}:{pos}"
 
 

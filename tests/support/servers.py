@@ -16,6 +16,7 @@ from typing import Any
 import pymysql
 
 from app.settings import MySQLURL
+from relay.binlog_status import binary_log_status
 from tests.support.stack import free_port, wait_until
 
 BIN = Path(sys.executable).parent
@@ -54,7 +55,11 @@ class RootOnLoopback:
             return rows
 
     def position(self) -> tuple[str, int]:
-        file, pos = self.sql("SHOW MASTER STATUS")[0][:2]
+        with (
+            pymysql.connect(host="127.0.0.1", port=self.port, user="root") as conn,
+            conn.cursor() as cur,
+        ):
+            file, pos = binary_log_status(cur)[:2]
         return str(file), int(pos)
 
 
