@@ -99,8 +99,20 @@ def mirrored_for_check(settings: Settings) -> Mirrored:
     return mirrored
 
 
+def check_kafka(settings: Settings) -> list[str]:
+    """Kafka's durability: aesop's topics against the replication settings, and unclean
+    leader election on the brokers (see app.durability)."""
+    from app import durability
+
+    try:
+        return durability.check_kafka(settings)
+    except AesopError as exc:
+        return [f"error: {exc}"]
+
+
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     lines = check_sources(settings, mirrored_for_check(settings)) + check_consumers(settings)
+    lines += check_kafka(settings)
     for line in lines:
         print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
     if not settings.sources and not settings.consumers:
