@@ -163,3 +163,46 @@ def test_a_worker_without_zookeeper_relays_applies_resumes_and_reports_from_chan
     identities = [(m["value"]["scn"], m["value"]["row"]) for m in published]
     assert len(identities) == len(set(identities)) == 33  # 20 + 10 + 1, then 2
     assert worker.stop() == 0
+
+
+def set_broker_config(broker: str, configs: dict[str, str]) -> None:
+    """Replace broker 0's dynamic configs with ``configs`` ({} removes them)."""
+
+    async def alter() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+        await admin.start()
+        try:
+            resource = ConfigResource(ConfigResourceType.BROKER, "0", configs=configs)
+            for response in await admin.alter_configs([resource]):
+                assert all(r[0] == 0 for r in response.resources), response
+        finally:
+            await admin.close()
+
+    asyncio.run(alter())
+
+
+def test_check_refuses_unclean_leader_election_and_an_unreachable_kafka(
+    stack: object, tmp_path: Path, unique: str
+) -> None:
+    broker = BROKERS["kafka3"]
+    config = tmp_path / "aesop.toml"
+    config.write_text(f'[aesop]\nid = "t{unique}"\nkafka = "kafka://{broker}"\nzookeeper = ""\n')
+    set_broker_config(broker, {"unclean.leader.election.enable": "true"})
+    try:
+        outcome = aesop_check(config)
+    finally:
+        set_broker_config(broker, {})
+    assert outcome.code == 1, outcome.text
+    assert outcome.stderr == (
+        "error: kafka broker(s) 0: unclean.leader.election.enable = true lets a lagging "
+        "replica become leader and drop acknowledged changes; set "
+        "unclean.leader.election.enable=false\n"
+    )
+    assert aesop_check(config).code == 0, "restoring the broker setting should pass the check"
+
+    config.write_text(f'[aesop]\nkafka = "kafka://127.0.0.1:{free_port()}"\nzookeeper = ""\n')
+    outcome = aesop_check(config)
+    assert outcome.code == 1 and "Traceback" not in outcome.text, outcome.text
+    [line] = outcome.stderr.splitlines()
+    assert line.startswith("error: cannot read Kafka at kafka://127.0.0.1:"), line
+    assert line.endswith("; is it running?"), line
