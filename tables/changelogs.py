@@ -60,8 +60,13 @@ async def read_latest(servers: list[str], topics: list[str]) -> dict[str, dict[A
 
     timeout_ms = int(TIMEOUT_S * 1000)
     admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=timeout_ms)
+    # "earliest" also for the reset the fetcher starts on assignment: with the default,
+    # "latest", that reset may land after seek_to_beginning's and skip every record.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers, enable_auto_commit=False, request_timeout_ms=timeout_ms
+        bootstrap_servers=servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        request_timeout_ms=timeout_ms,
     )
     found: dict[str, dict[Any, Any]] = {}
     try:

@@ -7,6 +7,7 @@ checkpoints and applied positions from their changelog topics and says it does."
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +119,10 @@ def test_a_worker_without_zookeeper_relays_applies_resumes_and_reports_from_chan
 
     outcome = aesop_check(config)
     assert outcome.code == 0, outcome.text
+    # Its checkpoint comes from the changelog, as the worker's does.
+    assert re.match(r"ok: source 'shop': reads from mysql-bin\.\d+:\d+ \(checkpoint\)\n"
+                    rf"ok: consumer 't{unique}-copy': mysql over {topic}\n$",
+                    outcome.stdout), outcome.text  # fmt: skip
     assert outcome.kafka == [
         "warning: kafka: replication_factor = 3 but only 1 broker(s) are live; topics are "
         "created with replication factor 1\n",
@@ -134,7 +139,7 @@ def test_a_worker_without_zookeeper_relays_applies_resumes_and_reports_from_chan
         "read_from": "changelogs", "where": f"Kafka changelogs {changelogs}", "error": None,
     }  # fmt: skip
     [shop] = report["sources"]
-    assert shop["checkpoint"] is not None and shop["status"] == "ok", shop
+    assert shop["checkpoint"] is not None and shop["status"] == "ok", (shop["error"], report)
     [copy] = report["consumers"]
     assert copy["events_behind"] == 0 and copy["status"] == "ok", copy
     published = read_topic(topic, count_then_settle(31, 0.5), bootstrap=broker)
