@@ -111,6 +111,7 @@ class ConsumerRunner(Service):
             broker=settings.kafka,
             store="memory://",
             topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
             web_enabled=False,
             autodiscover=False,
             loop=self.loop,
@@ -125,6 +126,7 @@ class ConsumerRunner(Service):
             producer_partitioner=partition_for_key,
             producer_linger_ms=5,
         )
+        self.app.min_insync_replicas = settings.min_insync_replicas
         self.topic = self.app.round_topic(
             *consumer.topics, key_serializer="raw", value_serializer="raw", maxsize=QUEUED_ROUNDS
         )

@@ -236,6 +236,9 @@ class RoundTransport(faust_aiokafka.Transport):
 class RoundApp(faust.App):
     """A Faust app whose consumer is a :class:`RoundConsumer`."""
 
+    # Of every topic its producer creates (see app.producer.durable).
+    min_insync_replicas: int = 1
+
     def _new_transport(self) -> Any:
         return RoundTransport(self.conf.broker_consumer, self)
 

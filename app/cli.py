@@ -78,9 +78,10 @@ def _reach_destination(name: str, url: MySQLURL) -> None:
 
 def mirrored_for_check(settings: Settings) -> Mirrored:
     """Relay checkpoints from the ZooKeeper mirror, read without a worker; a node that is not
-    JSON, or ZooKeeper out of reach, is an error that stops the check."""
+    JSON, or ZooKeeper out of reach, is an error that stops the check. With the mirror off,
+    the checkpoints come from the checkpoint table's Kafka changelog, as a worker reads them."""
     if not settings.zookeeper_enabled:
-        return Mirrored()
+        return _changelogs_for_check(settings)
     try:
         mirrored = read_mirrored(settings)
     except ZooKeeperUnreachable:
@@ -102,8 +103,38 @@ def mirrored_for_check(settings: Settings) -> Mirrored:
     return mirrored
 
 
+def check_kafka(settings: Settings) -> list[str]:
+    """Kafka's durability: aesop's topics against the replication settings, and unclean
+    leader election on the brokers (see app.durability)."""
+    from app import durability
+
+    try:
+        return durability.check_kafka(settings)
+    except AesopError as exc:
+        return [f"error: {exc}"]
+
+
+def _changelogs_for_check(settings: Settings) -> Mirrored:
+    from app.lag.probes import bootstrap_servers
+    from tables.changelogs import read_changelogs
+
+    if not settings.sources:
+        return Mirrored()
+    servers = bootstrap_servers(settings.kafka)
+    try:
+        return asyncio.run(asyncio.wait_for(read_changelogs(settings, servers), 30))
+    except Exception as exc:
+        text = str(exc.args[-1]) if exc.args else ""
+        why = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        raise AesopError(
+            f"cannot read the relay checkpoints from Kafka at {settings.kafka} ({why}); "
+            "is it running?"
+        ) from None
+
+
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     lines = check_sources(settings, mirrored_for_check(settings)) + check_consumers(settings)
+    lines += check_kafka(settings)
     for line in lines:
         print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
     if not settings.sources and not settings.consumers:

@@ -113,6 +113,7 @@ def assemble(settings: Settings) -> Worker:
         broker=settings.kafka,
         store="memory://",
         topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
         web_port=settings.web_port,
         web_bind="127.0.0.1",
         web_host="127.0.0.1",
@@ -130,7 +131,7 @@ def assemble(settings: Settings) -> Worker:
         autodiscover=False,
         origin="app",
     )
-    producer.install(app)
+    producer.install(app, settings.min_insync_replicas)
     store = checkpoints.install(app, settings)
     relays = relay_part.install(app, settings, store)
     consumers = consumers_part.install(app, settings, store.zk)

@@ -57,7 +57,11 @@ def render(report: LagReport) -> str:
         "",
     ]
     down = down_services(report)
-    lines += [f"DOWN {line}" for line in down] or ["services: MySQL, Kafka and ZooKeeper reachable"]
+    reachable = (
+        "MySQL, Kafka and ZooKeeper" if report.services.zookeeper_enabled else "MySQL and Kafka"
+    )
+    lines += [f"DOWN {line}" for line in down] or [f"services: {reachable} reachable"]
+    lines.append(report.positions.line())
     lines.append("")
     sources = []
     for s in report.sources:

@@ -128,6 +128,10 @@ class Settings:
     zk_root: str = "/aesop"
     web_port: int = 6066
     partitions: int = 8
+    # Every topic aesop creates gets these; both are capped at what the cluster allows when a
+    # topic is created (see app.topics).
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
     session_timeout: int = 45
     sources: tuple[SourceSettings, ...] = ()
     consumers: tuple[ConsumerSettings, ...] = ()
@@ -153,6 +157,8 @@ AESOP_KEYS: dict[str, type] = {
     "zk_root": str,
     "web_port": int,
     "partitions": int,
+    "replication_factor": int,
+    "min_insync_replicas": int,
     "session_timeout": int,
 }
 SOURCE_KEYS: dict[str, tuple[type, bool]] = {
@@ -468,6 +474,15 @@ def load(
     check("zookeeper", ZOOKEEPER_RE.match(top.get("zookeeper", "")) is not None,
           'must look like host:2181[,host:2181][/chroot], or "" to disable')  # fmt: skip
     check("partitions", 1 <= top.get("partitions", 8) <= 1024, "must be between 1 and 1024")
+    check("replication_factor", 1 <= top.get("replication_factor", 3) <= 32,
+          "must be between 1 and 32 (brokers holding each partition)")  # fmt: skip
+    check("min_insync_replicas", 1 <= top.get("min_insync_replicas", 2) <= 32,
+          "must be between 1 and 32")  # fmt: skip
+    check("min_insync_replicas",
+          top.get("min_insync_replicas", 2) <= top.get("replication_factor", 3),
+          f"must not exceed replication_factor ({top.get('replication_factor', 3)})")  # fmt: skip
+    if "min_insync_replicas" not in top:  # the default is capped at a smaller factor
+        top["min_insync_replicas"] = min(2, top.get("replication_factor", 3))
     check("session_timeout", 6 <= top.get("session_timeout", 45) <= 300,
           "must be between 6 and 300 (seconds)")  # fmt: skip
     check("web_port", 0 < top.get("web_port", 6066) < 65536, "must be a TCP port (1..65535)")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Local stack on 127.0.0.1: MariaDB 10.11 3306, ZooKeeper 2181, Kafka 9092; Prometheus metrics
+# Local stack on 127.0.0.1: MariaDB 10.11 3306, ZooKeeper 2181, Kafka 9092, and Kafka 4 on 9094
+# (KRaft mode, its controller on 9095, no ZooKeeper); Prometheus metrics
 # of ZooKeeper on 7000 and of Kafka (JMX exporter agent) on 7071. Two more database servers for
 # the tests that need other versions: MySQL 8.0 on 3307 and MariaDB 11.4 on 3308, their
 # binaries unpacked from Maven jars.
@@ -10,9 +11,9 @@ usage() {
   cat <<'EOF'
 usage: docker/stack.sh COMMAND [SERVICE]
   up                 install what is missing, start every service not running
-  down               stop every service (mariadb11, mysql8, mariadb, kafka, zookeeper)
+  down               stop every service (kafka4, mariadb11, mysql8, mariadb, kafka, zookeeper)
   status             one line per service
-  start SERVICE      start one service (mariadb | zookeeper | kafka | mysql8 | mariadb11)
+  start SERVICE      start one service (mariadb | zookeeper | kafka | mysql8 | mariadb11 | kafka4)
   stop SERVICE       stop one service
   restart SERVICE    stop then start one service
   logs               print the paths of the log files
@@ -25,10 +26,12 @@ DOCKER="$ROOT/docker"
 STACK="$ROOT/.stack"
 HOST=127.0.0.1
 PATH="$PATH:/usr/sbin:/sbin"   # mariadbd lives in /usr/sbin
-SERVICES=(zookeeper kafka mariadb mysql8 mariadb11)   # start order; stop order is the reverse
+SERVICES=(zookeeper kafka mariadb mysql8 mariadb11 kafka4)   # start order; stop order is the reverse
 
 KAFKA_LIBS="$STACK/kafka/libs"
 KAFKA_MARKER_JAR="kafka_2.13-3.9.1.jar"
+KAFKA4_LIBS="$STACK/kafka4/libs"
+KAFKA4_MARKER_JAR="kafka_2.13-4.4.0.jar"
 # ZooKeeper's Prometheus metrics provider and the JMX exporter agent come from Maven; the
 # provider needs the servlet API, which Debian's Jetty (a zookeeper dependency) brings.
 EXPORTERS="$STACK/exporters"
@@ -56,7 +59,8 @@ port_of() {
     kafka) echo 9092 ;;
     mysql8) echo 3307 ;;
     mariadb11) echo 3308 ;;
-    *) die "unknown service '$1' (mariadb | zookeeper | kafka | mysql8 | mariadb11)" ;;
+    kafka4) echo 9094 ;;
+    *) die "unknown service '$1' (mariadb | zookeeper | kafka | mysql8 | mariadb11 | kafka4)" ;;
   esac
 }
 
@@ -75,6 +79,7 @@ main_log_of() {
     kafka) echo "$STACK/kafka/server.log" ;;
     mysql8) echo "$STACK/mysql8/mysql8.log" ;;
     mariadb11) echo "$STACK/mariadb11/mariadb11.log" ;;
+    kafka4) echo "$STACK/kafka4/server.log" ;;
   esac
 }
 
@@ -234,12 +239,14 @@ install_missing() {
   has_lib libnuma.so.1 || pkgs+=(libnuma1)
   command -v unzip >/dev/null || pkgs+=(unzip)
   if ! command -v mvn >/dev/null && { [[ ! -f "$KAFKA_LIBS/$KAFKA_MARKER_JAR" ]] \
+    || [[ ! -f "$KAFKA4_LIBS/$KAFKA4_MARKER_JAR" ]] \
     || [[ ! -f "$ZK_METRICS_LIBS/$ZK_METRICS_MARKER_JAR" ]] || [[ ! -f "$JMX_AGENT" ]] \
     || [[ ! -f "$(m2_jar "$MYSQL8_ARTIFACT")" ]] || [[ ! -f "$(m2_jar "$MARIADB11_ARTIFACT")" ]]; }; then
     pkgs+=(maven)
   fi
   ((${#pkgs[@]} == 0)) || apt_install "${pkgs[@]}"
   fetch_kafka
+  fetch_kafka4
   fetch_exporters
 }
 
@@ -303,6 +310,23 @@ fetch_kafka() {
   fi
   rm -rf "$KAFKA_LIBS"
   mv "$tmp" "$KAFKA_LIBS"
+}
+
+# Kafka 4's jars, as fetch_kafka fetches 3.9's, with their own pom (log4j 2, no ZooKeeper).
+fetch_kafka4() {
+  [[ -f "$KAFKA4_LIBS/$KAFKA4_MARKER_JAR" ]] && return 0
+  log "fetching Kafka 4 jars with mvn into $KAFKA4_LIBS"
+  local tmp="$KAFKA4_LIBS.tmp"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  if ! mvn -q -B -Dstyle.color=never -f "$DOCKER/kafka4/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$tmp" -DincludeScope=runtime </dev/null >"$STACK/kafka4/mvn.log" 2>&1 \
+    || [[ ! -f "$tmp/$KAFKA4_MARKER_JAR" ]]; then
+    tail -n 20 "$STACK/kafka4/mvn.log" >&2
+    die "fetching the Kafka 4 jars failed; see $STACK/kafka4/mvn.log"
+  fi
+  rm -rf "$KAFKA4_LIBS"
+  mv "$tmp" "$KAFKA4_LIBS"
 }
 
 # --- MariaDB -----------------------------------------------------------------
@@ -508,6 +532,46 @@ start_kafka() {
   wait_ready kafka 90 kafka_ready
 }
 
+# --- Kafka 4 (KRaft) -----------------------------------------------------------
+
+kafka4_ready() {
+  local file="$STACK/kafka4/server.log" size
+  port_open 9094 || return 1
+  [[ -f "$file" ]] || return 1
+  size="$(stat -c %s "$file")"
+  ((size >= KAFKA4_LOG_OFFSET)) || KAFKA4_LOG_OFFSET=0
+  # Not grep -q: see kafka_ready.
+  tail -c "+$((KAFKA4_LOG_OFFSET + 1))" "$file" | grep -F 'Kafka Server started' >/dev/null
+}
+
+# A KRaft log directory is formatted once, with a cluster id, before the first start.
+kafka4_format() {
+  local dir="$STACK/kafka4" id
+  [[ -f "$dir/data/meta.properties" ]] && return 0
+  rm -rf "$dir/data"
+  id="$(java -cp "$KAFKA4_LIBS/*" kafka.tools.StorageTool random-uuid 2>>"$dir/format.log")" \
+    || die "kafka4: StorageTool random-uuid failed; see $dir/format.log"
+  log "kafka4: formatting $dir/data (cluster id $id)"
+  java -Dlog4j2.configurationFile="$DOCKER/kafka4/log4j2.properties" -Dkafka.logs.dir="$dir" \
+    -cp "$KAFKA4_LIBS/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
+    >>"$dir/format.log" 2>&1 || { tail -n 20 "$dir/format.log" >&2; die "kafka4: formatting $dir/data failed; see $dir/format.log"; }
+}
+
+start_kafka4() {
+  local dir="$STACK/kafka4"
+  fetch_kafka4
+  mkdir -p "$dir"
+  render "$DOCKER/kafka4/server.properties.in" "$dir/server.properties"
+  kafka4_format
+  KAFKA4_LOG_OFFSET=0
+  [[ -f "$dir/server.log" ]] && KAFKA4_LOG_OFFSET="$(stat -c %s "$dir/server.log")"
+  spawn kafka4 "$dir/kafka4.out" java -Xmx384m -Xms384m -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$dir" \
+    -Dlog4j2.configurationFile="$DOCKER/kafka4/log4j2.properties" \
+    -cp "$KAFKA4_LIBS/*" kafka.Kafka "$dir/server.properties"
+  wait_ready kafka4 90 kafka4_ready
+}
+
 # --- commands ----------------------------------------------------------------
 
 start() {
@@ -530,6 +594,7 @@ stop() {
     zookeeper) stop_service zookeeper 20 ;;
     mysql8) stop_service mysql8 60 ;;
     mariadb11) stop_service mariadb11 60 ;;
+    kafka4) stop_service kafka4 60 ;;
     *) port_of "$1" >/dev/null ;;
   esac
 }
@@ -548,7 +613,7 @@ cmd_down() {
 
 cmd_status() {
   local service pid port
-  for service in mariadb zookeeper kafka mysql8 mariadb11; do
+  for service in mariadb zookeeper kafka mysql8 mariadb11 kafka4; do
     port="$(port_of "$service")"
     pid="$(pid_of "$service")"
     if [[ -z "$pid" ]]; then
@@ -567,6 +632,7 @@ answers() {
     mariadb | mysql8 | mariadb11) db_ping "$1" ;;
     zookeeper) zk_ready ;;
     kafka) port_open 9092 ;;
+    kafka4) port_open 9094 ;;
   esac
 }
 
@@ -577,7 +643,8 @@ cmd_logs() {
     "$STACK/kafka/server.log" "$STACK/kafka/controller.log" \
     "$STACK/kafka/state-change.log" "$STACK/kafka/kafka.out" \
     "$STACK/mysql8/mysql8.log" "$STACK/mysql8/mysqld.out" \
-    "$STACK/mariadb11/mariadb11.log" "$STACK/mariadb11/mariadbd.out"; do
+    "$STACK/mariadb11/mariadb11.log" "$STACK/mariadb11/mariadbd.out" \
+    "$STACK/kafka4/server.log" "$STACK/kafka4/kafka4.out"; do
     [[ -f "$f" ]] && echo "$f"
   done
   return 0
@@ -587,10 +654,12 @@ cmd_reset() {
   cmd_down
   local dir
   for dir in mariadb zookeeper mysql8 mariadb11; do rm -rf "${STACK:?}/$dir"; done
-  if [[ -d "$STACK/kafka" ]]; then
-    find "$STACK/kafka" -mindepth 1 -maxdepth 1 ! -name libs -exec rm -rf {} +
-  fi
-  log "data deleted (kept $KAFKA_LIBS, $EXPORTERS and the jars in $M2_REPO)"
+  for dir in kafka kafka4; do
+    if [[ -d "$STACK/$dir" ]]; then
+      find "$STACK/$dir" -mindepth 1 -maxdepth 1 ! -name libs -exec rm -rf {} +
+    fi
+  done
+  log "data deleted (kept $KAFKA_LIBS, $KAFKA4_LIBS, $EXPORTERS and the jars in $M2_REPO)"
 }
 
 # Serialize concurrent invocations (e.g. two test processes restarting services).

@@ -152,6 +152,11 @@ EXPECTED_HEALTHY: dict[str, Any] = {
         "kafka": {"ok": True, "error": None},
         "zookeeper": {"ok": True, "error": None, "enabled": True},
     },
+    "positions": {
+        "read_from": "zookeeper",
+        "where": "ZooKeeper 127.0.0.1:2181 /aesop",
+        "error": None,
+    },
     "sources": [
         {
             "name": "shop",
@@ -220,6 +225,11 @@ EXPECTED_MIXED: dict[str, Any] = {
         "mysql": {"shop": {"ok": True, "error": None}, "billing": {"ok": True, "error": None}},
         "kafka": {"ok": True, "error": None},
         "zookeeper": {"ok": True, "error": None, "enabled": True},
+    },
+    "positions": {
+        "read_from": "zookeeper",
+        "where": "ZooKeeper 127.0.0.1:2181 /aesop",
+        "error": None,
     },
     "sources": [
         {
@@ -320,6 +330,11 @@ EXPECTED_ALL_DOWN: dict[str, Any] = {
         "mysql": {"gone": {"ok": False, "error": MYSQL_DOWN}},
         "kafka": {"ok": False, "error": KAFKA_DOWN},
         "zookeeper": {"ok": False, "error": ZOOKEEPER_DOWN, "enabled": True},
+    },
+    "positions": {
+        "read_from": "zookeeper",
+        "where": "ZooKeeper 127.0.0.1:2181 /aesop",
+        "error": ZOOKEEPER_DOWN,
     },
     "sources": [
         {
@@ -428,7 +443,9 @@ def test_to_json_has_the_old_key_sets_at_every_level() -> None:
     config, zookeeper, kafka = healthy()
     report = build(config, zookeeper, kafka=kafka).to_json()
     assert keys(report) == keys(EXPECTED_HEALTHY)
-    assert list(report) == ["ts_ms", "status", "services", "sources", "consumers", "thresholds"]
+    assert list(report) == [
+        "ts_ms", "status", "services", "positions", "sources", "consumers", "thresholds",
+    ]  # fmt: skip
     assert list(report["sources"][0]) == [
         "name", "topic", "state", "mysql", "checkpoint", "behind", "status", "error", "reader",
         "unread",
@@ -590,14 +607,35 @@ def test_zookeeper_unreachable_shows_no_checkpoint_and_cannot_tell_unread() -> N
     assert report.status == "unknown"
 
 
-def test_zookeeper_disabled_is_no_service_down_and_says_why_there_is_no_checkpoint() -> None:
+def test_zookeeper_disabled_is_no_service_down_and_says_where_positions_are_read() -> None:
     config, _, kafka = healthy()
     report = build(settings(("shop",), config.consumers, zookeeper=""), kafka=kafka)
     [shop] = report.sources
-    assert shop.error == 'no checkpoint to read: the ZooKeeper mirror is disabled (zookeeper = "")'
+    topic = "aesop-source_to_checkpoint-changelog"
+    assert shop.error == f"no checkpoint in Kafka changelog {topic} yet (has the relay run?)"
     assert (shop.status, shop.unread) == ("unknown", None)
     assert report.services.to_json()["zookeeper"] == {"ok": True, "error": None, "enabled": False}
     assert mail.down_services(report) == []
+    topics = [topic, *(f"{c.name}-applied-changelog" for c in config.consumers)]
+    where = f"Kafka changelogs {', '.join(topics)}"
+    assert report.to_json()["positions"] == {
+        "read_from": "changelogs", "where": where, "error": None
+    }  # fmt: skip
+    text = mail.render(report).splitlines()
+    assert text[2:4] == ["services: MySQL and Kafka reachable", f"positions: read from {where}"]
+
+
+def test_with_the_mirror_off_a_changelog_checkpoint_counts_and_a_read_failure_is_named() -> None:
+    config, zookeeper, kafka = healthy()
+    off = settings(("shop",), config.consumers, zookeeper="")
+    report = build(off, zookeeper, kafka=kafka)
+    [shop] = report.sources
+    assert shop.checkpoint is not None and shop.error is None
+    failed = "cannot read the changelog topics from Kafka at kafka://127.0.0.1:9092: Boom"
+    report = build(off, ZooKeeperProbe(error=failed), kafka=kafka)
+    assert report.sources[0].error == failed
+    assert report.positions.error == failed and report.services.zookeeper.ok
+    assert mail.render(report).splitlines()[3].endswith(f": {failed}")
 
 
 def test_no_checkpoint_yet_and_a_node_that_is_not_a_checkpoint() -> None:
@@ -756,6 +794,11 @@ def test_nothing_configured_is_ok() -> None:
             "mysql": {},
             "kafka": {"ok": True, "error": None},
             "zookeeper": {"ok": True, "error": None, "enabled": True},
+        },
+        "positions": {
+            "read_from": "zookeeper",
+            "where": "ZooKeeper 127.0.0.1:2181 /aesop",
+            "error": None,
         },
         "sources": [],
         "consumers": [],

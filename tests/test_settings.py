@@ -68,6 +68,7 @@ def test_defaults(tmp_path: Path) -> None:
         "aesop", "kafka://127.0.0.1:9092", "127.0.0.1:2181", "/aesop",
     )  # fmt: skip
     assert (settings.web_port, settings.partitions, settings.consumers) == (6066, 8, ())
+    assert (settings.replication_factor, settings.min_insync_replicas) == (3, 2)
     (source,) = settings.sources
     assert (source.include, source.exclude, source.start, source.topic) == (
         (), (), "earliest", "aesop.shop",
@@ -139,6 +140,18 @@ def test_environment_overrides_top_level_scalars(tmp_path: Path) -> None:
     )  # fmt: skip
     assert (settings.web_port, settings.partitions) == (7000, 3)
     assert settings.sources[0].name == "shop"  # [[source]] is not touched by the environment
+
+
+def test_replication_settings_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[aesop]\nreplication_factor = 1\nmin_insync_replicas = 1\n")
+    settings = load(path, env={})
+    assert (settings.replication_factor, settings.min_insync_replicas) == (1, 1)
+    env = {"AESOP_REPLICATION_FACTOR": "5", "AESOP_MIN_INSYNC_REPLICAS": "3"}
+    settings = load(path, env=env)
+    assert (settings.replication_factor, settings.min_insync_replicas) == (5, 3)
+    # The default min_insync_replicas (2) is capped at a smaller factor set alone.
+    settings = load(write(tmp_path, "[aesop]\nreplication_factor = 1\n"), env={})
+    assert (settings.replication_factor, settings.min_insync_replicas) == (1, 1)
 
 
 def test_an_empty_zookeeper_disables_the_mirror(tmp_path: Path) -> None:
@@ -226,6 +239,12 @@ BAD = [
     ("[aesop]\nweb_port = 0\n", {}, "[aesop].web_port: must be a TCP port"),
     ("[aesop]\nweb_port = 70000\n", {}, "[aesop].web_port: must be a TCP port"),
     ("[aesop]\npartitions = 0\n", {}, "[aesop].partitions: must be between 1 and 1024"),
+    ("[aesop]\nreplication_factor = 0\n", {}, "[aesop].replication_factor: must be between 1"),
+    ("[aesop]\nmin_insync_replicas = 0\n", {}, "[aesop].min_insync_replicas: must be between"),
+    ("[aesop]\nmin_insync_replicas = 4\n", {},
+     "[aesop].min_insync_replicas: must not exceed replication_factor (3)"),
+    ("", {"AESOP_REPLICATION_FACTOR": "x"},
+     "AESOP_REPLICATION_FACTOR (overrides [aesop].replication_factor): must be an integer"),
     (SOURCE.replace('"shop"', '"Shop"'), {}, "[[source]] 'Shop'.name: must match [a-z0-9_-]+"),
     (SOURCE.replace('"shop"', '"a.b"'), {}, "[[source]] 'a.b'.name: must match"),
     (SOURCE.replace("5401", "0"), {}, "[[source]] 'shop'.server_id: must be between 1 and"),

@@ -1,7 +1,8 @@
 """The lag report: how far each relay is behind MySQL and each consumer behind Kafka.
 
 It reads only what outlives a worker: relay checkpoints and consumer positions from the
-ZooKeeper mirror, MySQL's current position, and Kafka's offsets; so ``aesop lag`` works with no
+ZooKeeper mirror (or, with the mirror off, from their Kafka changelog topics), MySQL's current
+position, and Kafka's offsets; so ``aesop lag`` works with no
 worker up, and ``GET /lag`` on a worker shows the same numbers (plus the relay's state there).
 
 ``app.lag.probes`` does the reading; ``app.lag.report`` assembles the report from what was read,
@@ -14,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 
-from app.lag.probes import probe_kafka, probe_mysql, probe_zookeeper
+from app.lag.probes import probe_changelogs, probe_kafka, probe_mysql, probe_zookeeper
 from app.lag.report import LagReport, assemble, grade, unread_sources, worst
 from app.settings import Settings
 
@@ -29,7 +30,10 @@ async def build_report(
     ``relay_states``: the state of the relays this worker runs, by source name.
     Never raises for an unreachable service: it is reported under ``services``.
     """
-    zookeeper = await probe_zookeeper(settings)
+    if settings.zookeeper_enabled:
+        zookeeper = await probe_zookeeper(settings)
+    else:
+        zookeeper = await probe_changelogs(settings)
     mirrored = zookeeper.mirrored
     servers, kafka = await asyncio.gather(
         asyncio.gather(*(probe_mysql(s, mirrored.relays.get(s.name)) for s in settings.sources)),

@@ -137,6 +137,22 @@ async def probe_zookeeper(settings: Settings) -> ZooKeeperProbe:
     return ZooKeeperProbe(mirrored=mirrored)
 
 
+async def probe_changelogs(settings: Settings) -> ZooKeeperProbe:
+    """With the mirror off: relay checkpoints and consumer positions from their changelog
+    topics (no heartbeats); ``error`` says why they could not be read."""
+    from tables.changelogs import read_changelogs
+
+    try:
+        mirrored = await asyncio.wait_for(
+            read_changelogs(settings, bootstrap_servers(settings.kafka)), 4 * CONNECT_TIMEOUT_S
+        )
+    except Exception as exc:
+        return ZooKeeperProbe(
+            error=f"cannot read the changelog topics from Kafka at {settings.kafka}: {_error(exc)}"
+        )
+    return ZooKeeperProbe(mirrored=mirrored)
+
+
 # -- Kafka -----------------------------------------------------------------------------
 
 

@@ -1,10 +1,12 @@
 """The lag report: how far each relay is behind MySQL and each consumer behind Kafka.
 
 :func:`assemble` builds it from what the probes (``app.lag.probes``) read: relay checkpoints,
-heartbeats and consumer positions from the ZooKeeper mirror, MySQL's current position, and
-Kafka's offsets. It does no I/O. :meth:`LagReport.to_json` is the document ``GET /lag`` serves
-and ``aesop lag --json`` prints: its keys are the dataclasses' field names, in their order (each
-service adds ``ok``, and ZooKeeper's ``enabled`` is its own key there).
+heartbeats and consumer positions from the ZooKeeper mirror (with the mirror off, checkpoints
+and positions from their Kafka changelog topics, and no heartbeats), MySQL's current position,
+and Kafka's offsets. It does no I/O. :meth:`LagReport.to_json` is the document ``GET /lag``
+serves and ``aesop lag --json`` prints: its keys are the dataclasses' field names, in their
+order (each service adds ``ok``, and ZooKeeper's ``enabled`` is its own key there);
+``positions`` says where checkpoints and positions were read from.
 
 Seconds behind, as the report defines it:
 - a relay: 0 when its checkpoint is at MySQL's current position (nothing but binlog file
@@ -24,6 +26,7 @@ from typing import Any
 
 from app.lag.probes import KafkaProbe, MySQLProbe, Offsets, ServerPosition, ZooKeeperProbe
 from app.settings import ConsumerSettings, Settings, SourceSettings
+from tables.changelogs import changelog_topics, checkpoint_changelog
 from tables.mirrored import Mirrored
 from tables.paths import relay_path
 from tables.positions import Checkpoint, file_sequence, scn_of
@@ -76,6 +79,30 @@ class Services:
             "kafka": self.kafka.to_json(),
             "zookeeper": {**self.zookeeper.to_json(), "enabled": self.zookeeper_enabled},
         }
+
+
+@dataclass(frozen=True)
+class PositionsSource:
+    """Where the report read relay checkpoints and consumer positions: ``read_from`` is
+    ``"zookeeper"`` (the mirror) or ``"changelogs"`` (the tables' Kafka changelog topics, when
+    the mirror is off); ``where`` names the ensemble and root, or the topics."""
+
+    read_from: str
+    where: str
+    error: str | None = None
+
+    def line(self) -> str:
+        """The text report's line."""
+        text = f"positions: read from {self.where}"
+        return text if self.error is None else f"{text}: {self.error}"
+
+
+def positions_source(settings: Settings, error: str | None) -> PositionsSource:
+    if settings.zookeeper_enabled:
+        where = f"ZooKeeper {settings.zookeeper} {settings.zk_root}"
+        return PositionsSource("zookeeper", where, error)
+    where = f"Kafka changelogs {', '.join(changelog_topics(settings))}"
+    return PositionsSource("changelogs", where, error)
 
 
 @dataclass(frozen=True)
@@ -191,12 +218,14 @@ class LagReport:
     sources: tuple[SourceLag, ...]
     consumers: tuple[ConsumerLag, ...]
     thresholds: Thresholds
+    positions: PositionsSource
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ts_ms": self.ts_ms,
             "status": self.status,
             "services": self.services.to_json(),
+            "positions": asdict(self.positions),
             "sources": [s.to_json() for s in self.sources],
             "consumers": [c.to_json() for c in self.consumers],
             "thresholds": asdict(self.thresholds),
@@ -220,7 +249,9 @@ def assemble(
     relay_states: Mapping[str, str] | None = None,
 ) -> LagReport:
     """The report from the probes' results: ``mysql`` by source name, ``now_ms`` the time it
-    is taken at, ``relay_states`` the state of the relays this worker runs, by source name."""
+    is taken at, ``relay_states`` the state of the relays this worker runs, by source name.
+    ``zookeeper`` is what the ZooKeeper mirror held, or, with the mirror off, what the
+    changelog topics held (its error is then not ZooKeeper's)."""
     states = relay_states or {}
     sources = tuple(
         _source(settings, source, mysql[source.name], zookeeper, states, now_ms)
@@ -236,12 +267,13 @@ def assemble(
         services=Services(
             mysql={s.name: ServiceStatus(mysql[s.name].error) for s in settings.sources},
             kafka=ServiceStatus(kafka.error),
-            zookeeper=ServiceStatus(zookeeper.error),
+            zookeeper=ServiceStatus(zookeeper.error if settings.zookeeper_enabled else None),
             zookeeper_enabled=settings.zookeeper_enabled,
         ),
         sources=sources,
         consumers=consumers,
         thresholds=Thresholds(settings.lag.warn_seconds, settings.lag.critical_seconds),
+        positions=positions_source(settings, zookeeper.error),
     )
 
 
@@ -313,10 +345,14 @@ def _relay_behind(server: ServerPosition, checkpoint: Checkpoint, now_ms: int) -
 def _no_checkpoint(settings: Settings, name: str, zookeeper: ZooKeeperProbe) -> str:
     """Why a source shows no checkpoint."""
     path = f"{settings.zk_root}{relay_path(name)}"
-    if not settings.zookeeper_enabled:
-        return 'no checkpoint to read: the ZooKeeper mirror is disabled (zookeeper = "")'
     if zookeeper.error is not None:
         return zookeeper.error
+    if not settings.zookeeper_enabled:
+        topic = checkpoint_changelog(settings)
+        bad = zookeeper.mirrored.bad.get(f"{topic} key {name!r}")
+        if bad is not None:
+            return f"Kafka changelog {topic}, key {name!r}: {bad}"
+        return f"no checkpoint in Kafka changelog {topic} yet (has the relay run?)"
     if path in zookeeper.mirrored.bad:
         return f"ZooKeeper {path}: {zookeeper.mirrored.bad[path]}"
     return f"no checkpoint at ZooKeeper {path} yet (has the relay run?)"

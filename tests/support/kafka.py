@@ -18,17 +18,22 @@ def read_topic(
     until: Callable[[list[dict[str, Any]]], bool],
     timeout: float = 60.0,
     raw: bool = False,
+    bootstrap: str = KAFKA,
 ) -> list[dict[str, Any]]:
     """Every message of ``topic`` from the beginning, as {key, value, partition, offset};
-    ``raw``: key and value as bytes, plus the headers."""
-    return asyncio.run(_read_topic(topic, until, timeout, raw))
+    ``raw``: key and value as bytes, plus the headers; ``bootstrap``: another broker."""
+    return asyncio.run(_read_topic(topic, until, timeout, raw, bootstrap))
 
 
 async def _read_topic(
-    topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float, raw: bool
+    topic: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float,
+    raw: bool,
+    bootstrap: str,
 ) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=KAFKA, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     messages: list[dict[str, Any]] = []
@@ -91,15 +96,15 @@ def count_then_settle(n: int, settle: float = 1.5) -> Callable[[list[dict[str, A
     return until
 
 
-def delete_topics(*topics: str, timeout: float = 60.0) -> None:
+def delete_topics(*topics: str, timeout: float = 60.0, bootstrap: str = KAFKA) -> None:
     """Delete topics and wait until the broker no longer lists them."""
-    asyncio.run(_delete_topics(list(topics), timeout))
+    asyncio.run(_delete_topics(list(topics), timeout, bootstrap))
 
 
-async def _delete_topics(topics: list[str], timeout: float) -> None:
+async def _delete_topics(topics: list[str], timeout: float, bootstrap: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -149,13 +154,15 @@ async def _act_then_wait(
         await consumer.stop()
 
 
-def delete_topics_starting_with(*prefixes: str, timeout: float = 60.0) -> None:
+def delete_topics_starting_with(
+    *prefixes: str, timeout: float = 60.0, bootstrap: str = KAFKA
+) -> None:
     """Delete every topic whose name starts with one of ``prefixes`` (test clean-up)."""
 
     async def names() -> list[str]:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
             return [t for t in await admin.list_topics() if t.startswith(prefixes)]
@@ -164,4 +171,4 @@ def delete_topics_starting_with(*prefixes: str, timeout: float = 60.0) -> None:
 
     found = asyncio.run(names())
     if found:
-        delete_topics(*found, timeout=timeout)
+        delete_topics(*found, timeout=timeout, bootstrap=bootstrap)
