@@ -125,6 +125,8 @@ class Settings:
     web_port: int = 6066
     partitions: int = 8
     session_timeout: int = 45
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
     sources: tuple[SourceSettings, ...] = ()
     consumers: tuple[ConsumerSettings, ...] = ()
     lag: LagSettings = LagSettings()
@@ -150,6 +152,8 @@ AESOP_KEYS: dict[str, type] = {
     "web_port": int,
     "partitions": int,
     "session_timeout": int,
+    "replication_factor": int,
+    "min_insync_replicas": int,
 }
 SOURCE_KEYS: dict[str, tuple[type, bool]] = {
     "name": (str, True),
@@ -440,6 +444,10 @@ def load(
     check("partitions", 1 <= top.get("partitions", 8) <= 1024, "must be between 1 and 1024")
     check("session_timeout", 6 <= top.get("session_timeout", 45) <= 300,
           "must be between 6 and 300 (seconds)")  # fmt: skip
+    check("replication_factor", 1 <= top.get("replication_factor", 3) <= 16,
+          "must be between 1 and 16")  # fmt: skip
+    check("min_insync_replicas", 1 <= top.get("min_insync_replicas", 2) <= 16,
+          "must be between 1 and 16")  # fmt: skip
     check("web_port", 0 < top.get("web_port", 6066) < 65536, "must be a TCP port (1..65535)")
     zk_root = top.get("zk_root", "/aesop")
     check("zk_root", zk_root.startswith("/") and not zk_root.endswith("/"),

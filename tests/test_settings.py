@@ -68,6 +68,7 @@ def test_defaults(tmp_path: Path) -> None:
         "aesop", "kafka://127.0.0.1:9092", "127.0.0.1:2181", "/aesop",
     )  # fmt: skip
     assert (settings.web_port, settings.partitions, settings.consumers) == (6066, 8, ())
+    assert (settings.replication_factor, settings.min_insync_replicas) == (3, 2)
     (source,) = settings.sources
     assert (source.include, source.exclude, source.start, source.topic) == (
         (), (), "earliest", "aesop.shop",
@@ -218,6 +219,8 @@ BAD = [
     ("[aesop]\nweb_port = 0\n", {}, "[aesop].web_port: must be a TCP port"),
     ("[aesop]\nweb_port = 70000\n", {}, "[aesop].web_port: must be a TCP port"),
     ("[aesop]\npartitions = 0\n", {}, "[aesop].partitions: must be between 1 and 1024"),
+    ("[aesop]\nreplication_factor = 0\n", {}, "[aesop].replication_factor: must be between 1"),
+    ("[aesop]\nmin_insync_replicas = 0\n", {}, "[aesop].min_insync_replicas: must be between"),
     (SOURCE.replace('"shop"', '"Shop"'), {}, "[[source]] 'Shop'.name: must match [a-z0-9_-]+"),
     (SOURCE.replace('"shop"', '"a.b"'), {}, "[[source]] 'a.b'.name: must match"),
     (SOURCE.replace("5401", "0"), {}, "[[source]] 'shop'.server_id: must be between 1 and"),
