@@ -158,6 +158,6 @@ case "$cmd" in
   boot) boot "$state" "$1" ;;
   link)
     [[ "$2" == up || "$2" == down ]] || die "link takes up or down"
-    ip link set "$(veth_of "$1")" "$2" ;;
+    ip netns exec "$(ns_of "$1")" ip link set eth0 "$2" ;;
   *) die "unknown command '$cmd'" ;;
 esac

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,12 @@ from app.settings import MySQLURL
 
 
 def mysql_url(database: str | None = None) -> MySQLURL:
+    # The cluster test (bench/cluster.py) points the soak's load and checks at its MariaDB
+    # host: AESOP_TEST_MYSQL=host:port:user:password.
+    spec = os.environ.get("AESOP_TEST_MYSQL")
+    if spec:
+        host, port, user, password = spec.split(":", 3)
+        return MySQLURL(host, int(port), user, password, database)
     return MySQLURL("127.0.0.1", 3306, "root", "", database)
 
 
