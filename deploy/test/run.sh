@@ -17,5 +17,5 @@ rm -rf "$STATE"
 $HOSTS up "$STATE" z1 z2 z3 k1 k2 k3 w1 w2 db mon
 db="$(awk '$1 == "db" {print $2}' "$STATE/hosts")"
 kafka="$(awk '$1 ~ /^k/ {printf "%s%s:9092", sep, $2; sep=","}' "$STATE/hosts")"
-ip netns exec aesop-h-ctl env AESOP_TEST_MYSQL="$db:3306:aesop:aesop-test" \
+ip netns exec aesop-h-ctl env AESOP_TEST_ROOT_NETNS="/proc/$$/ns/net" AESOP_TEST_MYSQL="$db:3306:aesop:aesop-test" \
   AESOP_TEST_KAFKA="$kafka" "$ROOT/.venv/bin/python" -m bench.cluster --state "$STATE" "$@"
