@@ -135,7 +135,7 @@ down_all() {
     [[ "$ns" == "$CONTROL" ]] || kill_host "$state" "${ns#"$NS_PREFIX"}" || true
     ip netns del "$ns"
   done
-  for name in $(ip -o link show | awk -F'[ :@]+' '{print $2}' | grep '^ah-' || true); do
+  for name in $(ip -o link show 2>/dev/null | awk -F'[ :@]+' '{print $2}' | grep '^ah-' || true); do
     ip link del "$name" 2>/dev/null || true
   done
   ip link del "$BRIDGE" 2>/dev/null || true
