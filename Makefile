@@ -4,7 +4,7 @@ VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status venv demo test lint bench soak
+.PHONY: help up down status venv demo test lint bench soak cluster-test
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,3 +45,6 @@ bench: up venv ## Run the relay, consumer, latency and snapshot benchmarks (figu
 
 soak: up venv ## Seeded chaos soak: faults under load, then nothing lost (ARGS="--minutes 6 --seed 1")
 	cd $(ROOT) && $(PY) -m bench.soak $(ARGS)
+
+cluster-test: venv ## The Ansible playbooks on 10 namespace hosts, then faults; nothing lost (ARGS="--seed 1")
+	cd $(ROOT) && bash deploy/test/run.sh $(ARGS)

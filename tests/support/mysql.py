@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,12 @@ from relay.binlog_status import binary_log_status
 
 
 def mysql_url(database: str | None = None) -> MySQLURL:
+    # The cluster test (bench/cluster.py) points the soak's load and checks at its MariaDB
+    # host: AESOP_TEST_MYSQL=host:port:user:password.
+    spec = os.environ.get("AESOP_TEST_MYSQL")
+    if spec:
+        host, port, user, password = spec.split(":", 3)
+        return MySQLURL(host, int(port), user, password, database)
     return MySQLURL("127.0.0.1", 3306, "root", "", database)
 
 

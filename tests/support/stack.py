@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -12,7 +13,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-KAFKA = "127.0.0.1:9092"
+# The cluster test (bench/cluster.py) points the soak's checks at its brokers.
+KAFKA = os.environ.get("AESOP_TEST_KAFKA", "127.0.0.1:9092")
 
 
 ZOOKEEPER = "127.0.0.1:2181"
