@@ -345,8 +345,17 @@ class BinlogReader:
         self._handlers = handlers = self._handlers_by_class()
         while not self.stopping.is_set():
             event = stream.fetchone()
-            if event is None or self.stopping.is_set():
+            if self.stopping.is_set():
                 break
+            if event is None:
+                # A blocking stream ends only when the server ends it: MySQL 8 sends an EOF
+                # packet to the binlog dump connection when it shuts down. Ending the thread
+                # quietly here would leave the source stopped without a word.
+                raise SourceError(
+                    f"source {self.source.name!r}: the server ended the binlog stream at "
+                    f"{self._file}:{getattr(stream, 'log_pos', None)} (it is shutting down "
+                    "or the connection was killed)"
+                )
             handler = handlers.get(type(event))
             if handler is not None:
                 handler(event, state)

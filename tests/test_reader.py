@@ -25,7 +25,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import PartialUpdateRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from app.errors import DecodeError
+from app.errors import DecodeError, SourceError
 from app.settings import MySQLURL, SourceSettings
 from relay import binlog
 from relay.handoff import Batch
@@ -46,16 +46,23 @@ SOURCE = SourceSettings(
 class CannedStream:
     """Stands in for BinLogStreamReader: the given events, filtered as the library does."""
 
-    def __init__(self, events: list[Any], **kwargs: Any) -> None:
+    def __init__(
+        self, events: list[Any], at_end: Callable[[], None] | None = None, **kwargs: Any
+    ) -> None:
         self.allowed = BinLogStreamReader._allowed_event_list(
             None, kwargs["only_events"], None, kwargs["filter_non_implemented_events"]
         )
         self.events = iter(events)
+        # Called once the events run out, before the None that ends the stream: the reader
+        # being stopped there. Without it, the stream ends as the server ending it does.
+        self.at_end = at_end
 
     def fetchone(self) -> Any:
         for event in self.events:
             if event.__class__ in self.allowed:
                 return event
+        if self.at_end is not None:
+            self.at_end()
         return None
 
     def close(self) -> None:
@@ -126,9 +133,11 @@ def read(
     skip_through: tuple[int, int] = (0, -1),
     clock: Callable[[], float] = time.time,
 ) -> tuple[binlog.BinlogReader, Collected]:
-    monkeypatch.setattr(binlog, "BinLogStreamReader", lambda **kw: CannedStream(events, **kw))
     handoff = Collected()
     reader = binlog.BinlogReader(SOURCE, start, skip_through, handoff, clock)  # type: ignore[arg-type]
+    monkeypatch.setattr(
+        binlog, "BinLogStreamReader", lambda **kw: CannedStream(events, reader.stopping.set, **kw)
+    )
     reader._decoder = lambda _event: PassThrough()  # type: ignore[method-assign]
     reader.run()
     return reader, handoff
@@ -423,3 +432,15 @@ def test_an_empty_gtid_set_reads_by_position_and_starts_the_set_at_the_first_gti
     reader, handoff = read(monkeypatch, events, start=Position(FILE, 4, None, ""))
     assert reader._where() == {"log_file": FILE, "log_pos": 4}
     assert handoff.batches[-1].resume == Position(FILE, 350, "0-1-1", "0-1-1")
+def test_a_stream_the_server_ends_is_a_lost_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MySQL 8 ends the binlog dump with an EOF packet when it shuts down: the library's
+    fetchone then returns None. The reader must fail (the source reconnects with backoff),
+    never end as if it had been stopped, which left the source silent for good."""
+    monkeypatch.setattr(binlog, "BinLogStreamReader", lambda **kw: CannedStream([rotate()], **kw))
+    reader = binlog.BinlogReader(SOURCE, START, (0, -1), Collected())  # type: ignore[arg-type]
+    with pytest.raises(SourceError) as raised:
+        reader.run()
+    assert str(raised.value) == (
+        f"source 'shop': the server ended the binlog stream at {FILE}:None "
+        "(it is shutting down or the connection was killed)"
+    )
