@@ -669,7 +669,11 @@ class BinlogReader:
         in between, and then only for how its text is shown.
         """
         if self._ctl is None:
-            self._ctl = pymysql.connect(**self.source.mysql.connect_args(), connect_timeout=5)
+            # read_timeout too: connect_timeout covers only the TCP connect, and a server
+            # that accepts but never answers would hold the reader thread for good.
+            self._ctl = pymysql.connect(
+                **self.source.mysql.connect_args(), connect_timeout=5, read_timeout=READ_TIMEOUT_S
+            )
             self._is_mariadb = "mariadb" in self._ctl.get_server_info().lower()
         if not self._is_mariadb:
             return frozenset()

@@ -7,6 +7,8 @@ the real stream does, so an event type missing from the reader's list is dropped
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pymysql
 import pytest
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
@@ -444,3 +447,28 @@ def test_a_stream_the_server_ends_is_a_lost_connection(monkeypatch: pytest.Monke
         f"source 'shop': the server ended the binlog stream at {FILE}:None "
         "(it is shutting down or the connection was killed)"
     )
+
+
+def test_the_control_connection_gives_up_on_a_server_that_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that accepts the connection and says nothing: the reader's own control
+    connection (asked which columns are JSON) fails within its read timeout, never hangs."""
+    monkeypatch.setattr(binlog, "READ_TIMEOUT_S", 1)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        source = dataclasses.replace(SOURCE, mysql=MySQLURL("127.0.0.1", port, "r", ""))
+        reader = binlog.BinlogReader(source, START, (0, -1), Collected())  # type: ignore[arg-type]
+        failed: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                reader._json_columns("shop", "items")
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "the control connection waited on a silent server"
+    assert failed and isinstance(failed[0], pymysql.err.OperationalError), failed
