@@ -18,7 +18,7 @@ import pytest
 from app.retry import RECONNECT
 from tests.support.config import ConfigFactory, SourceSpec
 from tests.support.kafka import count_then_settle, read_topic
-from tests.support.mysql import master_position, mysql_url, sql
+from tests.support.servers import ServerDatabase
 from tests.support.stack import ROOT, Stack, wait_until
 from tests.support.workers import Worker, WorkerFactory
 from tests.support.zookeeper import zk_get
@@ -26,7 +26,14 @@ from tests.support.zookeeper import zk_get
 RATE = 200  # rows per second
 TABLE = "steady"
 RECONNECT_LINE = re.compile(r"relay src: (.+); reconnecting in (\d+\.\d)s$")
-DOWN_S = 3.0  # how long MariaDB stays down in a restart
+DOWN_S = 3.0  # how long the database server stays down in a restart
+
+# The server-specific faults (a restart under load, an idle source across outages, a worker
+# started while the server is down) run on every server of the matrix: each server's restart,
+# reconnect and binlog position differ. Kafka and ZooKeeper outages, the producer, the stop
+# deadline and the table id reuse after a restart (80 tables, two restarts) behave the same
+# whatever the server reads from: on MariaDB 10.11 only, to keep the stack tier's time down.
+MARIADB10_ONLY = pytest.mark.parametrize("matrix_server", ["mariadb10"], indirect=True)
 KAFKA_DATA = ROOT / ".stack" / "kafka" / "data"
 
 
@@ -38,8 +45,8 @@ class SteadyLoad:
     the rows in the table, in order.
     """
 
-    def __init__(self, database: str, rate: int = RATE) -> None:
-        self.database = database
+    def __init__(self, server: ServerDatabase, rate: int = RATE) -> None:
+        self.server = server
         self.rate = rate
         self.committed: list[int] = []
         self.errors: list[str] = []
@@ -47,7 +54,7 @@ class SteadyLoad:
         self._thread = threading.Thread(target=self._run, name="steady-load", daemon=True)
 
     def __enter__(self) -> SteadyLoad:
-        sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))", database=self.database)
+        self.server.sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))")
         self._thread.start()
         return self
 
@@ -70,7 +77,7 @@ class SteadyLoad:
 
     def _connect(self) -> pymysql.connections.Connection:
         return pymysql.connect(
-            **mysql_url(self.database).connect_args(),
+            **self.server.connect_args(),
             autocommit=True,
             connect_timeout=2,
             read_timeout=5,
@@ -117,18 +124,20 @@ def stopped(stack: Stack, service: str) -> Iterator[None]:
 
 
 def start_worker(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
 ) -> tuple[Worker, str, str]:
-    """A worker relaying ``database`` from the current binlog position: (worker, app id, topic)."""
+    """A worker relaying the test's database from the server's current binlog position:
+    (worker, app id, topic)."""
     app_id, topic = f"t{unique}", f"aesop.t{unique}"
     config = ConfigFactory(tmp_path, unique)(
         sources=[
             SourceSpec(
                 name="src",
-                include=[f"{database}.*"],
+                include=[f"{server.db}.*"],
                 server_id=int(unique, 16) % 1_000_000 + 100_000,
-                start=master_position(),
+                start=server.position(),
                 topic=topic,
+                mysql=server.url(),
             )
         ]
     )
@@ -153,9 +162,11 @@ def read_rows(topic: str, expected: set[int], timeout: float) -> list[dict[str, 
     return read_topic(topic, lambda messages: expected <= ids_of(messages), timeout=timeout)
 
 
-def assert_every_row_once(messages: list[dict[str, Any]], committed: list[int], database: str):
+def assert_every_row_once(
+    messages: list[dict[str, Any]], committed: list[int], server: ServerDatabase
+) -> None:
     """Every committed row is in Kafka; a row seen twice is the same (scn, row) event."""
-    in_table = [r[0] for r in sql(f"SELECT id FROM {TABLE} ORDER BY id", database=database)]
+    in_table = [r[0] for r in server.sql(f"SELECT id FROM {TABLE} ORDER BY id")]
     assert in_table == committed, "the load's idea of what committed differs from the table"
     seen: dict[int, set[tuple[int, int]]] = {}
     for message in messages:
@@ -213,17 +224,17 @@ def checkpoint_identity(checkpoint: dict[str, Any] | None) -> tuple[int, int]:
     return (checkpoint["scn"], checkpoint["row"])
 
 
-def test_mariadb_restart_under_load_loses_nothing(
-    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+def test_server_restart_under_load_loses_nothing(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
 ) -> None:
     """Two restarts: each outage backs off from 0.5 s with jitter, one log line per attempt."""
-    worker, _, topic = start_worker(workers, tmp_path, unique, database)
+    worker, _, topic = start_worker(workers, tmp_path, unique, server)
     outages: list[list[float]] = []
-    with SteadyLoad(database) as load:
+    with SteadyLoad(server) as load:
         for _ in range(2):
             load.wait_for(RATE)
             before = len(worker.log())
-            with stopped(stack, "mariadb"):
+            with stopped(stack, server.service):
                 time.sleep(DOWN_S)  # long enough for several attempts: 0.5 s, 1 s, 2 s
             load.wait_for(RATE)
             # The relay is reading again once a row committed after the restart is in Kafka.
@@ -232,43 +243,44 @@ def test_mariadb_restart_under_load_loses_nothing(
         committed = load.stop()
     messages = read_rows(topic, set(committed), timeout=60)
 
-    assert_every_row_once(messages, committed, database)
-    assert load.errors, "the load never saw MariaDB go away"
+    assert_every_row_once(messages, committed, server)
+    assert load.errors, f"the load never saw {server.server.product} go away"
     log = worker.log()
     assert "Traceback" not in log
     assert "Re-request the connection" not in log, "the library reconnected on its own"
     for delays in outages:
-        assert len(delays) >= 2, f"expected reconnect attempts while MariaDB was down: {delays}"
+        assert len(delays) >= 2, f"expected reconnect attempts while the server was down: {delays}"
         assert_backoff(delays)
     assert worker.proc.poll() is None
 
 
-def test_idle_source_backs_off_afresh_in_each_mariadb_outage(
-    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+def test_idle_source_backs_off_afresh_in_each_server_outage(
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
 ) -> None:
     """No row moves: once the server streams again, the next outage starts at 0.5 s again."""
-    worker, _, _ = start_worker(workers, tmp_path, unique, database)
+    worker, _, _ = start_worker(workers, tmp_path, unique, server)
     outages: list[list[float]] = []
     for _ in range(2):
         before = len(worker.log())
-        with stopped(stack, "mariadb"):
+        with stopped(stack, server.service):
             time.sleep(DOWN_S)
         worker.wait_for_log("relay src: reading again", timeout=90, after=before)
         outages.append(reconnect_delays(worker.log()[before:]))
     for delays in outages:
-        assert len(delays) >= 2, f"expected reconnect attempts while MariaDB was down: {delays}"
+        assert len(delays) >= 2, f"expected reconnect attempts while the server was down: {delays}"
         assert_backoff(delays)
     assert "Traceback" not in worker.log()
 
 
 @pytest.mark.timeout(240)
+@MARIADB10_ONLY
 def test_kafka_outage_holds_checkpoint_and_memory(
-    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
 ) -> None:
     """Kafka down 30 s under load: the relay waits, its checkpoint stays within what Kafka has."""
-    worker, app_id, topic = start_worker(workers, tmp_path, unique, database)
+    worker, app_id, topic = start_worker(workers, tmp_path, unique, server)
     path = f"/aesop-test/{app_id}/relays/src"
-    with SteadyLoad(database) as load:
+    with SteadyLoad(server) as load:
         load.wait_for(2 * RATE)
         read_rows(topic, set(load.committed[:RATE]), timeout=30)
         baseline = rss_kb(worker.proc.pid)
@@ -291,7 +303,7 @@ def test_kafka_outage_holds_checkpoint_and_memory(
     messages = read_rows(topic, set(committed), timeout=90)
 
     assert rows_in_outage >= 10 * RATE, "the load did not go on while Kafka was down"
-    assert_every_row_once(messages, committed, database)
+    assert_every_row_once(messages, committed, server)
     # What Kafka held when it stopped: every message below the end offsets it recorded.
     in_kafka = {
         (m["value"]["scn"], m["value"]["row"])
@@ -340,13 +352,14 @@ def test_repeated_log_lines_pass_once_per_interval_with_the_count_held_back() ->
     assert passed(unreachable, 0, "reset") == "Unable connect to node with id 0: reset"
 
 
+@MARIADB10_ONLY
 def test_zookeeper_outage_keeps_relaying_and_mirror_catches_up(
-    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
 ) -> None:
     """ZooKeeper down 15 s under load: events keep flowing; the mirror catches up after."""
-    worker, app_id, topic = start_worker(workers, tmp_path, unique, database)
+    worker, app_id, topic = start_worker(workers, tmp_path, unique, server)
     path = f"/aesop-test/{app_id}/relays/src"
-    with SteadyLoad(database) as load:
+    with SteadyLoad(server) as load:
         load.wait_for(RATE)
         with stopped(stack, "zookeeper"):
             outage_ends = time.monotonic() + 15
@@ -371,7 +384,7 @@ def test_zookeeper_outage_keeps_relaying_and_mirror_catches_up(
     caught_up_after = time.monotonic() - back
 
     assert delivered_while_down, "events stopped reaching Kafka while ZooKeeper was down"
-    assert_every_row_once(messages, committed, database)
+    assert_every_row_once(messages, committed, server)
     assert mirrored is not None and checkpoint_identity(mirrored) == latest, (
         f"ZooKeeper mirror {mirrored} never caught up to {latest}"
     )
@@ -381,66 +394,68 @@ def test_zookeeper_outage_keeps_relaying_and_mirror_catches_up(
     assert "Traceback" not in worker.log()
 
 
-def table_ids(file: str, database: str) -> dict[str, list[int]]:
-    """Per table of ``database``, the table ids its Table_map events in ``file`` carry."""
+def table_ids(file: str, server: ServerDatabase) -> dict[str, list[int]]:
+    """Per table of the test's database, the table ids its Table_map events in ``file`` carry."""
     ids: dict[str, list[int]] = {}
-    for row in sql(f"SHOW BINLOG EVENTS IN '{file}'"):
+    for row in server.sql(f"SHOW BINLOG EVENTS IN '{file}'"):
         kind, info = row[2], str(row[5])
         match = re.match(r"table_id: (\d+) \(([^.]+)\.([^)]+)\)", info)
-        if kind == "Table_map" and match and match.group(2) == database:
+        if kind == "Table_map" and match and match.group(2) == server.db:
             ids.setdefault(match.group(3), []).append(int(match.group(1)))
     return ids
 
 
-def restart_mariadb(stack: Stack) -> str:
-    """Restart MariaDB (its table id counter starts again); the binlog file it writes now."""
-    with stopped(stack, "mariadb"):
+def restart_server(stack: Stack, server: ServerDatabase) -> str:
+    """Restart the server (its table id counter starts again); the binlog file it writes now."""
+    with stopped(stack, server.service):
         pass
-    return master_position().split(":")[0]
+    return server.position().split(":")[0]
 
 
+@MARIADB10_ONLY
 def test_a_restarted_server_reusing_a_table_id_never_decodes_rows_as_another_table(
     stack: Stack,
     workers: WorkerFactory,
     tmp_path: Path,
     unique: str,
-    database: str,
+    server: ServerDatabase,
     make_config: ConfigFactory,
 ) -> None:
     """MariaDB numbers tables afresh after a restart. A relay resuming in the file before
     the restart reads ``pair``'s table map there, then rows of an excluded table that got
     the same id after it: they must be decoded by their own map (and dropped as excluded)."""
-    first_file = restart_mariadb(stack)
-    sql(
-        f"CREATE TABLE {database}.pair (id INT PRIMARY KEY, a INT NOT NULL, b VARCHAR(20))",
-        *(f"CREATE TABLE {database}.x{i} (k BIGINT PRIMARY KEY, note TEXT, n DOUBLE)"
+    first_file = restart_server(stack, server)
+    server.sql(
+        f"CREATE TABLE {server.db}.pair (id INT PRIMARY KEY, a INT NOT NULL, b VARCHAR(20))",
+        *(f"CREATE TABLE {server.db}.x{i} (k BIGINT PRIMARY KEY, note TEXT, n DOUBLE)"
           for i in range(80)),
     )  # fmt: skip
     topic = f"aesop.t{unique}"
-    spec = SourceSpec("src", [f"{database}.*"], int(unique, 16) % 1_000_000 + 100_000,
-                      master_position(), topic, exclude=[f"{database}.x*"])  # fmt: skip
+    spec = SourceSpec("src", [f"{server.db}.*"], int(unique, 16) % 1_000_000 + 100_000,
+                      server.position(), topic, exclude=[f"{server.db}.x*"],
+                      mysql=server.url())  # fmt: skip
     config = make_config(sources=[spec])
     worker = workers.start(config)
     worker.wait_for_log("relay src: reading", timeout=90)
-    sql("INSERT INTO pair VALUES (1, 1, 'one')", database=database)
+    server.sql("INSERT INTO pair VALUES (1, 1, 'one')")
     read_topic(topic, count_then_settle(1, 1.0), timeout=60)
     assert worker.stop() == 0
     # Read after the resume point: pair's table map, with the id it has in this file.
-    sql("INSERT INTO pair VALUES (2, 2, 'two')", database=database)
-    [pair_id] = set(table_ids(first_file, database)["pair"])
+    server.sql("INSERT INTO pair VALUES (2, 2, 'two')")
+    [pair_id] = set(table_ids(first_file, server)["pair"])
 
-    second_file = restart_mariadb(stack)
+    second_file = restart_server(stack, server)
     reused = None
     for i in range(80):
-        sql(f"INSERT INTO x{i} VALUES ({i}, 'excluded {i}', {i}.5)", database=database)
-        [got] = table_ids(second_file, database)[f"x{i}"]
+        server.sql(f"INSERT INTO x{i} VALUES ({i}, 'excluded {i}', {i}.5)")
+        [got] = table_ids(second_file, server)[f"x{i}"]
         if got == pair_id:
             reused = f"x{i}"
             break
         assert got < pair_id, f"x{i} got table id {got}, past pair's {pair_id}: cannot collide"
     assert reused is not None, f"no excluded table got pair's table id {pair_id}"
-    sql(f"INSERT INTO {reused} VALUES (1000, 'after the collision', 0.25)", database=database)
-    sql("INSERT INTO pair VALUES (3, 3, 'three')", database=database)
+    server.sql(f"INSERT INTO {reused} VALUES (1000, 'after the collision', 0.25)")
+    server.sql("INSERT INTO pair VALUES (3, 3, 'three')")
 
     worker = workers.start(config)
     worker.wait_for_log("relay src: reading", timeout=90)
@@ -465,23 +480,33 @@ def test_a_restarted_server_reusing_a_table_id_never_decodes_rows_as_another_tab
 WAITING_LINE = {
     "kafka": re.compile(r"kafka 127\.0\.0\.1:9092: .*; waiting for it, next attempt in"),
     "zookeeper": re.compile(r"zookeeper 127\.0\.0\.1:2181: mirror behind"),
-    "mariadb": re.compile(r"relay src: .*; retrying in \d"),
+    "server": re.compile(r"relay src: .*; retrying in \d"),
 }
 
 
-@pytest.mark.parametrize("service", ["kafka", "zookeeper", "mariadb"])
+@pytest.mark.parametrize(
+    ("service", "matrix_server"),
+    [("kafka", "mariadb10"), ("zookeeper", "mariadb10"),
+     ("server", "mariadb10"), ("server", "mysql8"), ("server", "mariadb11")],
+    indirect=["matrix_server"],
+)  # fmt: skip
 def test_a_worker_started_while_a_service_is_down_waits_and_then_relays(
-    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str, service: str
+    stack: Stack,
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    server: ServerDatabase,
+    service: str,
 ) -> None:
     """A worker restarted during an outage (its topics and checkpoint exist) does not exit:
     it logs what it waits for, once per attempt, and relays once the service is back."""
-    sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))", database=database)
-    first, _, topic = start_worker(workers, tmp_path, unique, database)
+    server.sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))")
+    first, _, topic = start_worker(workers, tmp_path, unique, server)
     assert first.stop() == 0
     config = first.config
-    with stopped(stack, service):
-        if service != "mariadb":
-            sql(f"INSERT INTO {TABLE} VALUES (1, 'while down')", database=database)
+    with stopped(stack, server.service if service == "server" else service):
+        if service != "server":
+            server.sql(f"INSERT INTO {TABLE} VALUES (1, 'while down')")
         worker = workers.start(config)
         time.sleep(12)
         assert worker.proc.poll() is None, f"the worker exited while {service} was down"
@@ -490,12 +515,12 @@ def test_a_worker_started_while_a_service_is_down_waits_and_then_relays(
         low, high = (1, 1) if service == "zookeeper" else (2, 12)
         assert low <= len(waiting) <= high, f"{len(waiting)} waiting lines: {waiting[:3]}"
     back = time.monotonic()
-    if service == "mariadb":
-        sql(f"INSERT INTO {TABLE} VALUES (1, 'once back')", database=database)
+    if service == "server":
+        server.sql(f"INSERT INTO {TABLE} VALUES (1, 'once back')")
     worker.wait_for_log("relay src: reading", timeout=60)
     read_rows(topic, {1}, timeout=60)
     flowing_after = time.monotonic() - back
-    sql(f"INSERT INTO {TABLE} VALUES (2, 'after')", database=database)
+    server.sql(f"INSERT INTO {TABLE} VALUES (2, 'after')")
     read_rows(topic, {1, 2}, timeout=30)
     print(f"{service}: changes flow {flowing_after:.1f}s after it is back")
     assert flowing_after <= 10, f"changes flowed {flowing_after:.1f}s after {service} was back"
@@ -526,16 +551,17 @@ def record_batches(topic: str) -> dict[int, list[tuple[int, ...]]]:
     return batches
 
 
+@MARIADB10_ONLY
 def test_the_relay_writes_through_an_idempotent_producer(
-    workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
 ) -> None:
     """Each record batch carries a producer id and sequence numbers, so the broker drops a
     batch that a retry sends again (after a broker restart, say) instead of appending it twice."""
-    sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))", database=database)
-    worker, _, topic = start_worker(workers, tmp_path, unique, database)
+    server.sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))")
+    worker, _, topic = start_worker(workers, tmp_path, unique, server)
     for low in range(0, 300, 30):
         values = ", ".join(f"({i}, 'row {i}')" for i in range(low + 1, low + 31))
-        sql(f"INSERT INTO {TABLE} VALUES {values}", database=database)
+        server.sql(f"INSERT INTO {TABLE} VALUES {values}")
     read_rows(topic, set(range(1, 301)), timeout=60)
     batches = record_batches(topic)
     assert sum(b[2] for found in batches.values() for b in found) == 300, batches
@@ -551,25 +577,28 @@ def test_the_relay_writes_through_an_idempotent_producer(
     assert worker.stop() == 0
 
 
+@MARIADB10_ONLY
 @pytest.mark.parametrize(("service", "down_s"), [("mariadb", 5), ("kafka", 25), ("zookeeper", 25)])
 def test_changes_flow_again_within_10s_of_an_outage_at_relay_and_consumer(
     stack: Stack,
     workers: WorkerFactory,
     tmp_path: Path,
     unique: str,
-    database: str,
+    server: ServerDatabase,
     service: str,
     down_s: int,
     make_config,
 ) -> None:
     """Under a steady load, with a ``mysql`` consumer: the first row committed once the service
     is back reaches Kafka, then the replica, within 10 s; in the end the replica is complete."""
-    replica = f"{database}_replica"
+    replica = f"{server.db}_replica"
     table = f"{TABLE} (id INT PRIMARY KEY, note VARCHAR(32))"
-    sql(f"CREATE DATABASE {replica}", f"CREATE TABLE {replica}.{table}")  # the load makes its own
+    server.sql(
+        f"CREATE DATABASE {replica}", f"CREATE TABLE {replica}.{table}"
+    )  # the load makes its own
     app_id, topic = f"t{unique}", f"aesop.t{unique}"
-    spec = SourceSpec("src", [f"{database}.*"], int(unique, 16) % 1_000_000 + 100_000,
-                      master_position(), topic)  # fmt: skip
+    spec = SourceSpec("src", [f"{server.db}.*"], int(unique, 16) % 1_000_000 + 100_000,
+                      server.position(), topic)  # fmt: skip
     extra = (f'\n[[consumer]]\nname = "{app_id}-replica"\ntopics = ["{topic}"]\n'
              f'handler = "mysql"\nmysql = "mysql://root@127.0.0.1:3306/{replica}"\n')  # fmt: skip
     config = make_config(sources=[spec], extra=extra)
@@ -578,11 +607,11 @@ def test_changes_flow_again_within_10s_of_an_outage_at_relay_and_consumer(
 
     def in_replica(row: int) -> bool:
         with contextlib.suppress(pymysql.MySQLError):
-            return bool(sql(f"SELECT 1 FROM {TABLE} WHERE id = {row}", database=replica))
+            return bool(server.sql(f"SELECT 1 FROM {TABLE} WHERE id = {row}", database=replica))
         return False
 
     try:
-        with SteadyLoad(database) as load:
+        with SteadyLoad(server) as load:
             load.wait_for(RATE)
             first = load.committed[-1]
             wait_until(lambda: in_replica(first), 60, "the consumer to apply the load")
@@ -599,7 +628,8 @@ def test_changes_flow_again_within_10s_of_an_outage_at_relay_and_consumer(
             load.wait_for(RATE)
             committed = load.stop()
         wait_until(
-            lambda: sql(f"SELECT COUNT(*) FROM {TABLE}", database=replica)[0][0] == len(committed),
+            lambda: server.sql(f"SELECT COUNT(*) FROM {TABLE}", database=replica)[0][0]
+            == len(committed),
             90, "the replica to hold every committed row",
         )  # fmt: skip
         print(f"{service} back: in Kafka after {to_kafka:.1f}s, replica {to_replica:.1f}s")
@@ -607,22 +637,23 @@ def test_changes_flow_again_within_10s_of_an_outage_at_relay_and_consumer(
         assert to_replica <= 10, f"{service}: the consumer took {to_replica:.1f}s to apply again"
         assert worker.stop() == 0
     finally:
-        sql(f"DROP DATABASE IF EXISTS {replica}")
+        server.sql(f"DROP DATABASE IF EXISTS {replica}")
 
 
+@MARIADB10_ONLY
 def test_a_sigterm_while_kafka_is_down_exits_within_the_stop_deadline(
-    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, database: str
+    stack: Stack, workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
 ) -> None:
     """The relay and the consumer group cannot finish their stop without Kafka: the worker
     gives up at the deadline with one line, and the next start resumes and relays."""
     from app.factory import STOP_DEADLINE_S, STOP_GAVE_UP_EXIT
 
-    sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))", database=database)
-    worker, _, topic = start_worker(workers, tmp_path, unique, database)
-    sql(f"INSERT INTO {TABLE} VALUES (1, 'before')", database=database)
+    server.sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))")
+    worker, _, topic = start_worker(workers, tmp_path, unique, server)
+    server.sql(f"INSERT INTO {TABLE} VALUES (1, 'before')")
     read_rows(topic, {1}, timeout=30)
     with stopped(stack, "kafka"):
-        sql(f"INSERT INTO {TABLE} VALUES (2, 'while down')", database=database)
+        server.sql(f"INSERT INTO {TABLE} VALUES (2, 'while down')")
         time.sleep(2)
         asked = time.monotonic()
         rc = worker.stop(timeout=STOP_DEADLINE_S + 20)
