@@ -435,6 +435,8 @@ def test_an_empty_gtid_set_reads_by_position_and_starts_the_set_at_the_first_gti
     reader, handoff = read(monkeypatch, events, start=Position(FILE, 4, None, ""))
     assert reader._where() == {"log_file": FILE, "log_pos": 4}
     assert handoff.batches[-1].resume == Position(FILE, 350, "0-1-1", "0-1-1")
+
+
 def test_a_stream_the_server_ends_is_a_lost_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     """MySQL 8 ends the binlog dump with an EOF packet when it shuts down: the library's
     fetchone then returns None. The reader must fail (the source reconnects with backoff),
