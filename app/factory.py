@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from agents import worker as consumers_part
 from agents.consumer import ConsumerRunner
-from app import gc_tuning, logfilter, producer, tasks
+from app import gc_tuning, kafka_start, logfilter, producer, tasks
 from app.assignor import WholeAssignor
 from app.errors import AesopError
 from app.partitioner import partition_for_key
@@ -132,6 +132,7 @@ def assemble(settings: Settings) -> Worker:
         origin="app",
     )
     producer.install(app, settings.min_insync_replicas)
+    kafka_start.install(app)
     store = checkpoints.install(app, settings)
     relays = relay_part.install(app, settings, store)
     consumers = consumers_part.install(app, settings, store.zk)

@@ -6,7 +6,7 @@ retries the record batch, and without producer ids and sequence numbers the brok
 it twice. With them it drops the repeat, and a partition's batches stay in order.
 
 It is also what waits for Kafka when a worker starts while Kafka is down: faust starts the
-producer before anything else that talks to Kafka, and would exit on "Unable to bootstrap".
+producer before anything else that talks to Kafka (see :mod:`app.kafka_start`).
 
 And it is where every topic aesop creates is made durable: change, route and dead-letter
 topics, table changelogs and Faust's own topics all go through :meth:`create_topic`, which
@@ -16,7 +16,6 @@ and ``min.insync.replicas`` (capped at that factor).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -25,12 +24,9 @@ from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTime
 from faust.transport.drivers.aiokafka import Producer
 from faust.transport.producer import Producer as BaseProducer
 
-from app.retry import RetryPolicy
+from app.kafka_start import BOOTSTRAP, start_waiting
 
 log = logging.getLogger(__name__)
-
-# Kafka at start-up: tried again within 5 s at most, so a worker starts soon after it is back.
-BOOTSTRAP = RetryPolicy(initial=0.5, maximum=5.0)
 
 
 # (wanted, brokers) pairs already warned about: one line per process, not one per topic.
@@ -65,23 +61,11 @@ class IdempotentProducer(Producer):
     async def on_start(self) -> None:
         """Start the aiokafka producer, waiting for Kafka (one line per attempt) while down."""
         await BaseProducer.on_start(self)
-        delays = BOOTSTRAP.delays()
-        while not self.should_stop:
-            producer = self._new_producer()
-            try:
-                await producer.start()
-            except KafkaConnectionError as exc:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                delay = next(delays)
-                brokers = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker_producer)
-                log.warning("kafka %s: %s; waiting for it, next attempt in %.1fs",
-                            brokers, exc, delay)  # fmt: skip
-                await self.sleep(delay)
-                continue
+        brokers = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker_producer)
+        producer = await start_waiting(self, self._new_producer, "producer", brokers)
+        if producer is not None:
             self._producer = producer
             self.beacon.add(producer)
-            return
 
     async def create_topic(
         self,

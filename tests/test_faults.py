@@ -17,9 +17,10 @@ import pytest
 
 from app.retry import RECONNECT
 from tests.support.config import ConfigFactory, SourceSpec
+from tests.support.gate import Gate
 from tests.support.kafka import count_then_settle, read_topic
 from tests.support.servers import ServerDatabase
-from tests.support.stack import ROOT, Stack, wait_until
+from tests.support.stack import KAFKA, ROOT, Stack, wait_until
 from tests.support.workers import Worker, WorkerFactory
 from tests.support.zookeeper import zk_get
 
@@ -526,6 +527,37 @@ def test_a_worker_started_while_a_service_is_down_waits_and_then_relays(
     assert flowing_after <= 10, f"changes flowed {flowing_after:.1f}s after {service} was back"
     assert "Traceback" not in worker.log()
     assert worker.stop() == 0
+
+
+@MARIADB10_ONLY
+def test_kafka_gone_between_the_producer_and_the_consumer_start_is_waited_for(
+    workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
+) -> None:
+    """Kafka refuses every connection after the producer's bootstrap: the consumer thread's
+    bootstrap waits (one line per attempt) instead of crashing the worker, and changes flow once
+    Kafka answers again."""
+    server.sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))")
+    first, _, topic = start_worker(workers, tmp_path, unique, server)
+    assert first.stop() == 0
+    kafka_port = int(KAFKA.rsplit(":", 1)[1])
+    with Gate(kafka_port) as gate:
+        config = first.config.with_name("gated.toml")
+        config.write_text(first.config.read_text().replace(KAFKA, f"127.0.0.1:{gate.port}"))
+        server.sql(f"INSERT INTO {TABLE} VALUES (1, 'while refused')")
+        gate.refuse_after(1)  # the producer's bootstrap, and no other
+        worker = workers.start(config)
+        waiting = re.compile(rf"kafka 127\.0\.0\.1:{gate.port}: consumer: .*; waiting for it")
+        wait_until(lambda: len(waiting.findall(worker.log())) >= 2, timeout=60,
+                   what="two waiting lines from the consumer")  # fmt: skip
+        assert worker.proc.poll() is None, "the worker exited while Kafka refused it"
+        assert gate.refused >= 2
+        gate.open()
+        back = time.monotonic()
+        worker.wait_for_log("relay src: reading", timeout=60)
+        read_rows(topic, {1}, timeout=60)
+        print(f"changes flow {time.monotonic() - back:.1f}s after Kafka answers again")
+        assert "Traceback" not in worker.log()
+        assert worker.stop() == 0
 
 
 BATCH_LINE = re.compile(

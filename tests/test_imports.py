@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
         "app.retry",
         "app.partitioner",
         "app.assignor",
+        "app.kafka_start",
         "app.producer",
         "app.logfilter",
         "app.gc_tuning",

@@ -1,0 +1,79 @@
+"""start_waiting: a client start that Kafka refuses is tried again with a new client, one
+warning line per attempt, until it starts or the service stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+from app.kafka_start import start_waiting
+
+
+class FakeClient:
+    def __init__(self, fails: list[bool]) -> None:
+        self.fails = fails
+        self.stopped = False
+
+    async def start(self) -> None:
+        if self.fails.pop(0):
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9)]")
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class FakeService:
+    def __init__(self, stop_after_sleeps: int | None = None) -> None:
+        self.slept: list[float] = []
+        self.stop_after = stop_after_sleeps
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and len(self.slept) >= self.stop_after
+
+    async def sleep(self, n: float) -> None:
+        self.slept.append(n)
+
+
+def test_a_refused_start_is_retried_with_a_new_client(caplog: pytest.LogCaptureFixture) -> None:
+    outcomes = [True, True, False]
+    made: list[FakeClient] = []
+
+    def make() -> FakeClient:
+        made.append(FakeClient(outcomes))
+        return made[-1]
+
+    service = FakeService()
+    with caplog.at_level(logging.WARNING):
+        client = asyncio.run(start_waiting(service, make, "consumer", "127.0.0.1:9"))
+    assert client is made[2] and not client.stopped
+    assert [c.stopped for c in made[:2]] == [True, True]
+    assert len(service.slept) == 2 and 0.3 <= service.slept[0] <= 0.7
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("kafka 127.0.0.1:9: consumer: KafkaConnectionError")
+    assert "; waiting for it, next attempt in" in lines[0]
+
+
+def test_a_stop_while_waiting_returns_no_client() -> None:
+    made: list[FakeClient] = []
+
+    def make() -> FakeClient:
+        made.append(FakeClient([True]))
+        return made[-1]
+
+    service = FakeService(stop_after_sleeps=3)
+    assert asyncio.run(start_waiting(service, make, "producer", "127.0.0.1:9")) is None
+    assert len(made) == 3 and all(c.stopped for c in made)
+
+
+def test_other_errors_are_not_waited_for() -> None:
+    class Broken(FakeClient):
+        async def start(self) -> None:
+            raise ValueError("bad config")
+
+    with pytest.raises(ValueError):
+        asyncio.run(start_waiting(FakeService(), lambda: Broken([]), "consumer", "x:1"))
