@@ -15,11 +15,13 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.snapshot import INCREMENTAL, INITIAL
 from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED
 from tables.paths import applied_key
 from tables.positions import AppliedPosition
 
 STATES = (STARTING, READING, RETRYING, FAILED, STOPPED)
+SNAPSHOT_KINDS = (INITIAL, INCREMENTAL)
 Family = CounterMetricFamily | GaugeMetricFamily
 
 
@@ -54,9 +56,10 @@ class AesopCollector(Collector):
         now = self.clock()
         self._relay_samples(families, now)
         self._consumer_samples(families, now)
-        unread = families[-1]
+        unread = families[15]
         for source in self.relays.sources:
             unread.add_metric([source.name], self.relays.unread_for(source.name, now) or 0.0)
+        self._snapshot_samples(families)
         return iter(families)
 
     @staticmethod
@@ -103,6 +106,24 @@ class AesopCollector(Collector):
             _gauge("aesop_source_unread_seconds",
                    "Seconds the source has gone without a live relay on any worker, as this "
                    "worker sees it (once past [lag] unread_seconds; else 0).", ["source"]),
+            _gauge("aesop_snapshot_running",
+                   "1 while a snapshot of the source is under way (by kind: initial or "
+                   "incremental), as its saved checkpoint says; else 0.", ["source", "kind"]),
+            _gauge("aesop_snapshot_tables_left",
+                   "Tables of the snapshot under way not done yet, the one being read "
+                   "included.", ["source"]),
+            _gauge("aesop_snapshot_rows",
+                   "Rows the snapshot under way has published (Kafka acknowledged), every "
+                   "table.", ["source"]),
+            _gauge("aesop_snapshot_table_rows",
+                   "Rows of the table being read that the snapshot has published.",
+                   ["source", "table"]),
+            _gauge("aesop_snapshot_table_rows_estimate",
+                   "The server's estimate of the rows of the table being read.",
+                   ["source", "table"]),
+            _gauge("aesop_snapshot_table_chunks",
+                   "Chunks of the table being read that the snapshot has published.",
+                   ["source", "table"]),
         ]  # fmt: skip
 
     def _relay_samples(self, families: list[Family], now: float) -> None:
@@ -121,6 +142,24 @@ class AesopCollector(Collector):
                 scn.add_metric([name], relay.acked.scn)
             if relay.saved is not None:
                 age.add_metric([name], max(0.0, now - relay.saved.ts_ms / 1000))
+
+    def _snapshot_samples(self, families: list[Family]) -> None:
+        running, left, rows, table_rows, estimate, chunks = families[16:22]
+        for name, relay in sorted(self.relays.relays.items()):
+            progress = None if relay.saved is None else relay.saved.snapshot
+            for kind in SNAPSHOT_KINDS:
+                under_way = progress is not None and progress.kind == kind
+                running.add_metric([name, kind], 1.0 if under_way else 0.0)
+            left.add_metric([name], 0.0 if progress is None else len(progress.tables))
+            if progress is None:
+                continue
+            rows.add_metric([name], progress.rows)
+            if progress.tables:
+                table = ".".join(progress.tables[0])
+                table_rows.add_metric([name, table], progress.done)
+                chunks.add_metric([name, table], progress.chunks)
+                if progress.estimate is not None:
+                    estimate.add_metric([name, table], progress.estimate)
 
     def _consumer_samples(self, families: list[Family], now: float) -> None:
         consumed, applied, skipped, dead, retries, applied_scn, lag_events, lag_s = families[7:15]

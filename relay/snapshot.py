@@ -46,7 +46,14 @@ from app.errors import DecodeError, SourceError
 from app.settings import SourceSettings
 from relay import binlog_status
 from relay.include import TableFilter
-from relay.snapshot_rows import SESSION, MissingTable, SnapshotTable, describe
+from relay.snapshot_rows import (
+    FRESH_STATISTICS,
+    SESSION,
+    MissingTable,
+    SnapshotTable,
+    describe,
+    estimated_rows,
+)
 from tables.positions import SnapshotProgress, scn_of
 
 log = logging.getLogger(__name__)
@@ -128,6 +135,7 @@ class Chunk:
     more: bool = False  # a full chunk: the table may have more rows
     changed: bool = False  # a keyless table changed between the watermarks
     read_ms: int = 0
+    estimate: int | None = None  # the table's rows, as the server estimates them
 
 
 @dataclass
@@ -211,6 +219,9 @@ class Snapshotter:
                 at = self._binlog_scn(cur)
                 self.chunk = Chunk(SnapshotTable(db, table, (), (), (), ""), at, at)
                 return True
+            estimate = progress.estimate
+            if estimate is None:
+                estimate = estimated_rows(cur, db, table)
             low = self._binlog_scn(cur)
             if shape.keyed:
                 after = None if progress.after is None else fetched_key(progress.after)
@@ -220,7 +231,7 @@ class Snapshotter:
             cur.execute(sql, args)
             fetched = cur.fetchall()
             high = self._binlog_scn(cur)
-        chunk = Chunk(shape, low, high, read_ms=int(self.clock() * 1000))
+        chunk = Chunk(shape, low, high, read_ms=int(self.clock() * 1000), estimate=estimate)
         head = key_prefix(db, table)
         if shape.keyed:
             for raw in fetched:
@@ -270,7 +281,10 @@ class Snapshotter:
                 log.info("relay %s: %s snapshot done: %d rows", self.source.name,
                          progress.kind, total)  # fmt: skip
         else:
-            after = replace(progress, after=chunk.last_key, done=done, rows=total)
+            after = replace(
+                progress, after=chunk.last_key, done=done, rows=total,
+                chunks=progress.chunks + 1, estimate=chunk.estimate,
+            )  # fmt: skip
         self.progress = after
         return Published(chunk.table, rows, last_of_table, after, chunk.read_ms)
 
@@ -287,8 +301,11 @@ class Snapshotter:
                     cur.execute(statement)
                 cur.execute("SELECT @@server_id")
                 (server_id,) = cur.fetchone()
+                self._mariadb = "mariadb" in conn.get_server_info().lower()
+                if not self._mariadb:
+                    with contextlib.suppress(pymysql.MySQLError):  # MySQL before 8.0.3
+                        cur.execute(FRESH_STATISTICS)
             self.server_id = int(server_id)
-            self._mariadb = "mariadb" in conn.get_server_info().lower()
             self._conn = conn
         return self._conn
 

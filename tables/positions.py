@@ -51,13 +51,16 @@ class Position:
 class SnapshotProgress:
     """A source's snapshot still to do, kept in its checkpoint: the tables in order, the first
     one under way, read up to ``after`` (the last key Kafka acknowledged, in the stored form of
-    ``relay.snapshot``), ``done`` of its rows published."""
+    ``relay.snapshot``), ``done`` of its rows published in ``chunks`` chunks, of about
+    ``estimate`` (the server's row estimate when its first chunk was read; None before)."""
 
     kind: str  # "initial" (snapshot = "initial") or "incremental" (aesop snapshot)
     tables: tuple[tuple[str, str], ...]  # (db, table)
     after: tuple[Any, ...] | None = None
     done: int = 0
     rows: int = 0  # rows published by this snapshot, every table
+    chunks: int = 0
+    estimate: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,8 @@ class SnapshotProgress:
             "after": None if self.after is None else list(self.after),
             "done": self.done,
             "rows": self.rows,
+            "chunks": self.chunks,
+            "estimate": self.estimate,
         }
 
     @classmethod
@@ -77,6 +82,8 @@ class SnapshotProgress:
             after=None if after is None else tuple(after),
             done=int(data.get("done", 0)),
             rows=int(data.get("rows", 0)),
+            chunks=int(data.get("chunks", 0)),
+            estimate=None if data.get("estimate") is None else int(data["estimate"]),
         )
 
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from agents.consumer import Stats
 from metrics.collector import STATES, AesopCollector
 from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED
-from tables.positions import Checkpoint
+from tables.positions import Checkpoint, Position, SnapshotProgress
 
 NOW = 1_700_000_000.0
 
@@ -150,6 +150,12 @@ FAMILIES = {
     "aesop_consumer_lag_events": "gauge",
     "aesop_consumer_lag_seconds": "gauge",
     "aesop_source_unread_seconds": "gauge",
+    "aesop_snapshot_running": "gauge",
+    "aesop_snapshot_tables_left": "gauge",
+    "aesop_snapshot_rows": "gauge",
+    "aesop_snapshot_table_rows": "gauge",
+    "aesop_snapshot_table_rows_estimate": "gauge",
+    "aesop_snapshot_table_chunks": "gauge",
 }
 
 
@@ -426,3 +432,37 @@ def test_a_position_read_from_the_mirror_has_an_empty_source_label() -> None:
     assert samples(registry, "aesop_consumer_applied_scn") == {
         labels(consumer="replica", topic="aesop.shop", partition="0", source=""): 5
     }
+
+
+def test_snapshot_progress_from_the_saved_checkpoint() -> None:
+    progress = SnapshotProgress("incremental", (("shop", "items"), ("shop", "orders")),
+                                ("2048",), 2048, 5000, 1, 30_500)  # fmt: skip
+    shop = relay(saved=Checkpoint.at(Position("mysql-bin.000001", 4), None, progress))
+    idle = relay(saved=checkpoint(scn=1 << 32, ts_ms=int(NOW * 1000)))
+    relays = Relays({"shop": shop, "idle": idle}, ("shop", "idle"))
+    registry = registry_of(AesopCollector(relays, [], clock=Clock()))
+
+    assert samples(registry, "aesop_snapshot_running") == {
+        labels(source="shop", kind="initial"): 0.0,
+        labels(source="shop", kind="incremental"): 1.0,
+        labels(source="idle", kind="initial"): 0.0,
+        labels(source="idle", kind="incremental"): 0.0,
+    }
+    assert samples(registry, "aesop_snapshot_tables_left") == {
+        labels(source="shop"): 2.0, labels(source="idle"): 0.0,
+    }  # fmt: skip
+    assert samples(registry, "aesop_snapshot_rows") == {labels(source="shop"): 5000.0}
+    table = labels(source="shop", table="shop.items")
+    assert samples(registry, "aesop_snapshot_table_rows") == {table: 2048.0}
+    assert samples(registry, "aesop_snapshot_table_chunks") == {table: 1.0}
+    assert samples(registry, "aesop_snapshot_table_rows_estimate") == {table: 30_500.0}
+
+
+def test_a_table_whose_estimate_is_not_read_yet_has_no_estimate_sample() -> None:
+    progress = SnapshotProgress("initial", (("shop", "items"),))
+    shop = relay(saved=Checkpoint.at(Position("mysql-bin.000001", 4), None, progress))
+    registry = registry_of(AesopCollector(Relays({"shop": shop}, ("shop",)), [], clock=Clock()))
+    assert samples(registry, "aesop_snapshot_table_rows") == {
+        labels(source="shop", table="shop.items"): 0.0
+    }
+    assert samples(registry, "aesop_snapshot_table_rows_estimate") == {}

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pymysql
 import pytest
 
+from app.settings import load as load_settings
+from tests.browser import Chromium
 from tests.support.cli import aesop_snapshot
 from tests.support.config import ConfigFactory, SourceSpec
 from tests.support.kafka import count_then_settle, read_topic
@@ -312,6 +316,122 @@ def test_aesop_snapshot_while_streaming_with_a_kill_9_mid_way(
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[-1] == f"ok: source '{SOURCE}': snapshot done"
     assert zk_get(zk_path).get("snapshot") is None
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """One sample's value from a /metrics page; None when it has no such sample."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") or line.startswith(f"{name} "):
+            head, value = line.rsplit(" ", 1)
+            found = head[len(name) :].strip("{}").split(",") if "{" in head else []
+            if ",".join(sorted(found)) == wanted:
+                return float(value)
+    return None
+
+
+async def test_snapshot_progress_shows_on_lag_metrics_and_the_dashboard(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str, tmp_path: Path
+) -> None:
+    """A snapshot held mid-way (its table write-locked, so the next chunk waits): /lag, /metrics
+    and the dashboard show the same progress as the checkpoint in ZooKeeper, with the server's
+    row estimate; once done, the series say nothing is under way."""
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
+        " amount DECIMAL(10,2), at DATETIME(3))",
+        f"INSERT INTO items SELECT seq, 0, CONCAT('row ', seq), 10.50, NULL FROM seq_1_to_{ROWS}",
+        "CREATE TABLE later (id INT PRIMARY KEY)",
+        "INSERT INTO later VALUES (1), (2)",
+        "ANALYZE TABLE items",
+        database=database,
+    )
+    config = _streaming_source(make_config, database)
+    base = f"http://127.0.0.1:{load_settings(config, env={}).web_port}"
+    zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
+    worker = workers.start(config)
+    await asyncio.to_thread(worker.wait_for_log, f"relay {SOURCE}: reading", 90)
+    await asyncio.to_thread(
+        wait_until, lambda: zk_get(f"/aesop-test/{make_config.app_id}/heartbeats/{SOURCE}"),
+        30, "the relay's heartbeat",
+    )  # fmt: skip
+    asked = aesop_snapshot(config, SOURCE, f"{database}.items", f"{database}.later")
+    assert asked.returncode == 0, asked.stderr
+    await asyncio.to_thread(
+        wait_until, lambda: ((zk_get(zk_path) or {}).get("snapshot") or {}).get("done", 0) > 0,
+        120, "a checkpoint with snapshot progress",
+    )  # fmt: skip
+    locker = pymysql.connect(**mysql_url(database).connect_args())
+    try:
+        locker.cursor().execute("LOCK TABLES items WRITE")
+        # Held: the checkpoint stops moving once the chunks read before the lock are saved.
+        held: list[Any] = []
+
+        def still() -> bool:
+            held.append((zk_get(zk_path) or {}).get("snapshot"))
+            return len(held) > 15 and all(h == held[-1] for h in held[-15:])
+
+        await asyncio.to_thread(wait_until, still, 60, "the snapshot to hold still", 0.2)
+        progress = held[-1]
+        assert progress["done"] < ROWS and progress["tables"][0] == [database, "items"]
+        assert progress["chunks"] == progress["done"] // CHUNK, progress
+        assert 0.5 * ROWS <= progress["estimate"] <= 1.5 * ROWS, progress
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/lag") as response:
+                report = orjson.loads(await response.read())
+            async with session.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+        (shown,) = [s for s in report["sources"] if s["name"] == SOURCE]
+        assert shown["checkpoint"]["snapshot"] == progress
+        table = f"{database}.items"
+        assert metric(metrics, "aesop_snapshot_running", source=SOURCE, kind="incremental") == 1
+        assert metric(metrics, "aesop_snapshot_running", source=SOURCE, kind="initial") == 0
+        assert metric(metrics, "aesop_snapshot_tables_left", source=SOURCE) == 2
+        assert metric(metrics, "aesop_snapshot_rows", source=SOURCE) == progress["rows"]
+        assert (
+            metric(metrics, "aesop_snapshot_table_rows", source=SOURCE, table=table)
+            == (progress["done"])
+        )
+        assert (
+            metric(metrics, "aesop_snapshot_table_chunks", source=SOURCE, table=table)
+            == (progress["chunks"])
+        )
+        estimate = metric(metrics, "aesop_snapshot_table_rows_estimate", source=SOURCE, table=table)
+        assert estimate == progress["estimate"]
+        browser = Chromium(tmp_path / "chromium", tmp_path / "chromium.log")
+        try:
+            await browser.start()
+            await browser.navigate(f"{base}/dashboard")
+            text = await browser.wait_for(
+                f"document.querySelector('tr[data-source=\"{SOURCE}\"] [data-field=snapshot]')"
+                "?.textContent",
+                timeout=30,
+                what="the snapshot line under the source's checkpoint",
+            )
+        finally:
+            await browser.close()
+        assert text == (
+            f"incremental snapshot: {table}, chunk {progress['chunks']}, "
+            f"{progress['done']:,} of ~{progress['estimate']:,} rows, 1 more table(s)"
+        )
+    finally:
+        locker.close()
+    await asyncio.to_thread(worker.wait_for_log, f"relay {SOURCE}: incremental snapshot done", 180)
+    await asyncio.to_thread(
+        wait_until, lambda: "snapshot" not in (zk_get(zk_path) or {"snapshot": 1}), 30,
+        "the checkpoint without a snapshot",
+    )  # fmt: skip
+
+    async def scraped() -> str:
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
+            return await response.text()
+
+    deadline = time.monotonic() + 30
+    while metric(metrics := await scraped(), "aesop_snapshot_tables_left", source=SOURCE) != 0:
+        assert time.monotonic() < deadline, "the metrics still show a snapshot under way"
+        await asyncio.sleep(0.5)
+    assert metric(metrics, "aesop_snapshot_running", source=SOURCE, kind="incremental") == 0
+    assert metric(metrics, "aesop_snapshot_table_rows", source=SOURCE, table=table) is None
+    assert worker.stop() == 0
 
 
 def test_aesop_snapshot_refuses_what_it_cannot_take_in_one_line(
