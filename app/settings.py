@@ -76,6 +76,7 @@ class SourceSettings:
     snapshot: str = "never"  # "initial": existing rows first (op "r"), then the binlog
     snapshot_chunk: int = 2048  # rows per snapshot chunk (SELECT ... LIMIT)
     signal_table: tuple[str, str] = ("aesop", "signals")  # where `aesop snapshot` asks
+    snapshot_new_tables: bool = False  # snapshot a table when it becomes included
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ SOURCE_KEYS: dict[str, tuple[type, bool]] = {
     "snapshot": (str, False),
     "snapshot_chunk": (int, False),
     "signal_table": (str, False),
+    "snapshot_new_tables": (bool, False),
 }
 CONSUMER_KEYS: dict[str, tuple[type, bool]] = {
     "name": (str, True),
@@ -335,6 +337,7 @@ def _source(checker: _Checker, index: int, raw: Any) -> SourceSettings:
         snapshot=snapshot,
         snapshot_chunk=chunk,
         signal_table=(signal_db, signal_name),
+        snapshot_new_tables=table.get("snapshot_new_tables", False),
     )
 
 

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -41,10 +41,11 @@ from app.gtids import MARIADB, MYSQL, GtidSet, flavour_of
 from app.settings import SourceSettings
 from relay import _pmr_patches, values
 from relay.compressed import CompressedEventError, MariadbCompressedEvent, TransactionPayloadEvent
+from relay.ddl import new_table_names
 from relay.decoder import RowDecoder, layout_key
 from relay.handoff import Batch, Handoff, SerializedChange, Stopped
 from relay.include import TableFilter
-from relay.snapshot import INCREMENTAL, Published, Snapshotter, snapshot_request
+from relay.snapshot import Published, Snapshotter, queued, snapshot_request
 from tables.positions import Position, SnapshotProgress, scn_of
 
 log = logging.getLogger(__name__)
@@ -418,7 +419,17 @@ class BinlogReader:
         if event.query == "BEGIN":
             txn.begin(txn.gtid, open_=True)
         elif txn.ends_with(event.query):
+            if self.source.snapshot_new_tables and not txn.open:
+                self._on_ddl(event, state.batch)
             self._on_commit(event, state)
+
+    def _on_ddl(self, event: Any, batch: Batch) -> None:
+        """A statement outside a transaction that creates a table the source includes, or
+        renames one to such a name: snapshot it (``snapshot_new_tables``)."""
+        schema = event.schema.decode() if isinstance(event.schema, bytes) else event.schema
+        named = [t for t in new_table_names(event.query, schema) if self._wants(*t)]
+        if named:
+            self._queue_snapshot(named, batch, "queued: a new table the source includes")
 
     def _on_commit(self, event: Any, state: _Reading) -> None:
         txn, batch = state.txn, state.batch
@@ -540,18 +551,17 @@ class BinlogReader:
             for table in snapshot_request(self.source, row, self._wants):
                 if table not in asked:
                     asked.append(table)
-        if not asked:
+        self._queue_snapshot(asked, batch, "requested")
+
+    def _queue_snapshot(self, tables: list[tuple[str, str]], batch: Batch, why: str) -> None:
+        """Queue ``tables`` after the snapshot under way (or start one); the batch carries the
+        progress, so the checkpoint keeps the request once Kafka has what came before it."""
+        current = self.snapshot_progress if self._snap is None else self._snap.progress
+        progress, added = queued(current, tables)
+        if progress is None or not added:
             return
-        progress = self.snapshot_progress if self._snap is None else self._snap.progress
-        if progress is None:
-            progress = SnapshotProgress(INCREMENTAL, ())
-        queued = set(progress.tables)
-        added = tuple(t for t in asked if t not in queued)
-        if not added:
-            return
-        progress = replace(progress, tables=progress.tables + added)
-        log.info("relay %s: snapshot of %s requested", self.source.name,
-                 ", ".join(f"{db}.{table}" for db, table in added))  # fmt: skip
+        log.info("relay %s: snapshot of %s %s", self.source.name,
+                 ", ".join(f"{db}.{table}" for db, table in added), why)  # fmt: skip
         if self._snap is None:
             self._snap = Snapshotter(self.source, progress, self.source.snapshot_chunk)
         else:

@@ -6,10 +6,12 @@ Call these from a thread (``asyncio.to_thread``) when on the event loop.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pymysql
 
@@ -18,6 +20,8 @@ from app.gtids import GtidSet, parse_for
 from app.settings import SourceSettings
 from relay import binlog_status, snapshot
 from tables.positions import Checkpoint, Position, SnapshotProgress
+
+log = logging.getLogger(__name__)
 
 # The settings a row-based reader needs, and the value each must have.
 REQUIRED = (
@@ -303,6 +307,28 @@ def resume_point(
     return replace(checkpoint, gtid_set=position.gtid_set)
 
 
+def with_new_tables(
+    source: SourceSettings, conn: Any, chosen: Checkpoint, stored: Checkpoint | None
+) -> Checkpoint:
+    """With ``snapshot_new_tables``: the start checkpoint keeps the source's globs, and the
+    tables they include that the stored checkpoint's globs did not (a config change since) are
+    queued for a snapshot. Without it, no globs are kept (turned on later, the option starts
+    from the config of that start)."""
+    if not source.snapshot_new_tables:
+        return replace(chosen, tables=None)
+    globs = (source.include, source.exclude)
+    before = None if stored is None else stored.tables
+    if before is None or before == globs:
+        return replace(chosen, tables=globs)
+    with conn.cursor() as cur:
+        added = snapshot.newly_included(cur, source, before)
+    progress, queued = snapshot.queued(chosen.snapshot, added)
+    if queued:
+        log.info("relay %s: snapshot of %s queued: newly included by the config",
+                 source.name, ", ".join(f"{db}.{table}" for db, table in queued))  # fmt: skip
+    return replace(chosen, tables=globs, snapshot=progress)
+
+
 def preflight(source: SourceSettings, checkpoint: Checkpoint | None) -> Checkpoint:
     """Check the server and the position; return where to start reading."""
     return check(source, checkpoint)[0]
@@ -324,6 +350,7 @@ def check(source: SourceSettings, checkpoint: Checkpoint | None) -> tuple[Checkp
                         chosen = replace(chosen, snapshot=progress)
             else:
                 chosen = resume_point(source, conn, server, checkpoint)
+            chosen = with_new_tables(source, conn, chosen, checkpoint)
         except pymysql.err.MySQLError as exc:
             raise SourceError(f"source {source.name!r}: {describe(exc, source)}") from None
     return chosen, compression_report(found)

@@ -34,7 +34,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,7 +54,7 @@ from relay.snapshot_rows import (
     describe,
     estimated_rows,
 )
-from tables.positions import SnapshotProgress, scn_of
+from tables.positions import SnapshotProgress, TableGlobs, scn_of
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,28 @@ def included_tables(cursor: Any, source: SourceSettings) -> tuple[tuple[str, str
     wants = TableFilter.of(source)
     cursor.execute(_TABLES_SQL)
     return tuple((str(db), str(t)) for db, t in cursor.fetchall() if wants(str(db), str(t)))
+
+
+def newly_included(
+    cursor: Any, source: SourceSettings, before: TableGlobs
+) -> tuple[tuple[str, str], ...]:
+    """The base tables the source publishes now that its globs ``before`` left out."""
+    was = TableFilter(*before)
+    return tuple(t for t in included_tables(cursor, source) if not was(*t))
+
+
+def queued(
+    progress: SnapshotProgress | None, tables: Iterable[tuple[str, str]]
+) -> tuple[SnapshotProgress | None, tuple[tuple[str, str], ...]]:
+    """``progress`` with ``tables`` queued after what it holds (an incremental snapshot when
+    none is under way), and the tables that were not queued already."""
+    have = set() if progress is None else set(progress.tables)
+    added = tuple(dict.fromkeys(t for t in tables if t not in have))
+    if not added:
+        return progress, added
+    if progress is None:
+        return SnapshotProgress(INCREMENTAL, added), added
+    return replace(progress, tables=progress.tables + added), added
 
 
 SIGNAL_TYPE = "execute-snapshot"

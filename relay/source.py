@@ -377,7 +377,7 @@ class SourceRelay:
             assert batch.resume is not None and self.acked is not None
             last = batch.last if batch.last is not None else self.acked.last
             progress = batch.snapshot if batch.snapshot_set else self.acked.snapshot
-            self.acked = Checkpoint.at(batch.resume, last, progress)
+            self.acked = Checkpoint.at(batch.resume, last, progress, self.acked.tables)
 
     async def _drain(self, acker: asyncio.Future[None]) -> None:
         while self._in_flight and not acker.done():

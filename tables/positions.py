@@ -87,6 +87,10 @@ class SnapshotProgress:
         )
 
 
+# A source's include and exclude globs.
+TableGlobs = tuple[tuple[str, ...], tuple[str, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Where a source's relay resumes, and the last event Kafka acknowledged.
@@ -95,7 +99,9 @@ class Checkpoint:
     on resume the relay reads from there and publishes nothing at or below ``(scn, row)``.
     ``gtid_set`` is the executed GTID set at ``file``/``pos`` (None where the server has no
     GTIDs, and in checkpoints written before aesop kept it); with it, the relay resumes by
-    GTID at the same place.
+    GTID at the same place. ``tables`` is the source's include and exclude globs when it was
+    written, kept by sources with ``snapshot_new_tables`` so that the next start can tell which
+    tables a changed config adds.
     """
 
     file: str
@@ -106,6 +112,7 @@ class Checkpoint:
     ts_ms: int
     gtid_set: str | None = None  # the executed GTID set up to file:pos, where the server has GTIDs
     snapshot: SnapshotProgress | None = None  # a snapshot under way
+    tables: TableGlobs | None = None  # (include, exclude), with snapshot_new_tables
 
     @property
     def position(self) -> Position:
@@ -121,6 +128,7 @@ class Checkpoint:
         position: Position,
         last: tuple[int, int] | None = None,
         snapshot: SnapshotProgress | None = None,
+        tables: TableGlobs | None = None,
     ) -> Checkpoint:
         """A checkpoint at ``position``; with no ``last``, nothing before it is skipped."""
         scn, row = last if last is not None else (scn_of(position.file, position.pos), -1)
@@ -133,17 +141,20 @@ class Checkpoint:
             int(time.time() * 1000),
             position.gtid_set,
             snapshot,
+            tables,
         )
 
     def to_json(self) -> dict[str, Any]:
-        """``{file, pos, gtid, scn, row, ts_ms}``, ``gtid_set`` where there is one, and
-        ``snapshot`` while one is under way."""
+        """``{file, pos, gtid, scn, row, ts_ms}``, ``gtid_set`` where there is one,
+        ``snapshot`` while one is under way, and ``tables`` where kept."""
         data: dict[str, Any] = {"file": self.file, "pos": self.pos, "gtid": self.gtid,
                                 "scn": self.scn, "row": self.row, "ts_ms": self.ts_ms}  # fmt: skip
         if self.gtid_set is not None:
             data["gtid_set"] = self.gtid_set
         if self.snapshot is not None:
             data["snapshot"] = self.snapshot.to_json()
+        if self.tables is not None:
+            data["tables"] = {"include": list(self.tables[0]), "exclude": list(self.tables[1])}
         return data
 
     @classmethod
@@ -163,11 +174,21 @@ class Checkpoint:
                     if data.get("snapshot") is None
                     else SnapshotProgress.from_json(data["snapshot"])
                 ),
+                tables=_globs(data.get("tables")),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise SourceError(
                 f"stored checkpoint {data!r} is malformed; fix or delete it to restart from 'start'"
             ) from None
+
+
+def _globs(value: Any) -> TableGlobs | None:
+    if value is None:
+        return None
+    include, exclude = value["include"], value["exclude"]
+    if not all(isinstance(glob, str) for glob in [*include, *exclude]):
+        raise TypeError(f"expected globs, got {value!r}")
+    return tuple(include), tuple(exclude)
 
 
 def _optional_text(value: Any) -> str | None:

@@ -147,15 +147,7 @@ def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
     )
     topic = f"aesop.{make_config.app_id}"
     zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
-    spec = SourceSpec(
-        name=SOURCE,
-        include=[f"{database}.*"],
-        server_id=7000 + random.randrange(10**8),
-        start="",
-        topic=topic,
-        snapshot="initial",
-        snapshot_chunk=CHUNK,
-    )
+    spec = source_spec(make_config, database, start="", snapshot="initial")
     config: Path = make_config(sources=[spec])
     churn = Churn(database, ROWS)
     churn.start()
@@ -206,16 +198,8 @@ def test_initial_snapshot_into_a_mysql_replica_then_live_changes(
         workload(server)
         wide_workload(server)
         topic, consumer = f"aesop.{make_config.app_id}", f"{make_config.app_id}-replica"
-        spec = SourceSpec(
-            name=SOURCE,
-            include=[f"{server.db}.*"],
-            server_id=7000 + random.randrange(10**8),
-            start="",
-            topic=topic,
-            mysql=server.url(),
-            snapshot="initial",
-            snapshot_chunk=7,
-        )
+        spec = source_spec(make_config, server.db, start="", mysql=server.url(),
+                           snapshot="initial", snapshot_chunk=7)  # fmt: skip
         url = f"mysql://root@127.0.0.1:{server.server.port}/{replica}"
         config = make_config(sources=[spec], extra=consumer_toml(consumer, topic, url))
         worker = workers.start(config, FAST_TAKEOVER)
@@ -247,15 +231,7 @@ def test_rows_changed_while_their_chunk_is_read_are_never_published_older(
         database=database,
     )
     topic = f"aesop.{make_config.app_id}"
-    spec = SourceSpec(
-        name=SOURCE,
-        include=[f"{database}.*"],
-        server_id=7000 + random.randrange(10**8),
-        start="",
-        topic=topic,
-        snapshot="initial",
-        snapshot_chunk=chunk,
-    )
+    spec = source_spec(make_config, database, start="", snapshot="initial", snapshot_chunk=chunk)
     updates = Churn(database, rows, updates_only=True, pause=0.003)
     updates.start()
     worker = workers.start(make_config(sources=[spec]))
@@ -269,16 +245,22 @@ def test_rows_changed_while_their_chunk_is_read_are_never_published_older(
     assert replayed(messages) == source_rows(database)
 
 
+def source_spec(make_config: ConfigFactory, database: str, **given: Any) -> SourceSpec:
+    """The test's source: every table of ``database`` from the server's current position,
+    into the test's topic, in chunks of CHUNK rows, unless ``given`` says otherwise."""
+    fields: dict[str, Any] = {
+        "name": SOURCE,
+        "include": [f"{database}.*"],
+        "server_id": 7000 + random.randrange(10**8),
+        "start": master_position(),
+        "topic": f"aesop.{make_config.app_id}",
+        "snapshot_chunk": CHUNK,
+    }
+    return SourceSpec(**{**fields, **given})
+
+
 def _streaming_source(make_config: ConfigFactory, database: str, extra: str = "") -> Path:
-    spec = SourceSpec(
-        name=SOURCE,
-        include=[f"{database}.*"],
-        server_id=7000 + random.randrange(10**8),
-        start=master_position(),
-        topic=f"aesop.{make_config.app_id}",
-        snapshot_chunk=CHUNK,
-    )
-    return make_config(sources=[spec], extra=extra)
+    return make_config(sources=[source_spec(make_config, database)], extra=extra)
 
 
 def test_aesop_snapshot_while_streaming_with_a_kill_9_mid_way(
@@ -316,6 +298,96 @@ def test_aesop_snapshot_while_streaming_with_a_kill_9_mid_way(
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[-1] == f"ok: source '{SOURCE}': snapshot done"
     assert zk_get(zk_path).get("snapshot") is None
+
+
+def snapshot_lines(log: str) -> list[str]:
+    """The relay's log lines about snapshots."""
+    return [line for line in log.splitlines() if f"relay {SOURCE}: " in line and "snapshot" in line]
+
+
+def snapshot_reads(messages: list[dict[str, Any]], table: str) -> list[dict[str, Any]]:
+    return [m["value"] for m in messages
+            if m["value"]["op"] == "r" and m["value"]["source"]["table"] == table]  # fmt: skip
+
+
+def test_snapshot_new_tables_snapshots_a_table_created_or_renamed_into_the_include_list(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str
+) -> None:
+    """A table renamed into the included schema brings rows the binlog never showed under its
+    new name: they come as ``r`` events. A created table is snapshotted too (its rows inserted
+    later come as changes); tables outside the include list are not."""
+    outside = f"{database}_old"
+    sql(f"CREATE DATABASE {outside}", database=database)
+    try:
+        sql(
+            "CREATE TABLE moved (id INT PRIMARY KEY, note VARCHAR(20))",
+            "INSERT INTO moved SELECT seq, CONCAT('old ', seq) FROM seq_1_to_500",
+            "CREATE TABLE stays (id INT PRIMARY KEY)",
+            "INSERT INTO stays VALUES (1)",
+            database=outside,
+        )
+        spec = source_spec(make_config, database, snapshot_new_tables=True)
+        worker = workers.start(make_config(sources=[spec]))
+        worker.wait_for_log(f"relay {SOURCE}: reading")
+        sql(
+            f"RENAME TABLE {outside}.moved TO {database}.moved",
+            "CREATE TABLE fresh (id INT PRIMARY KEY)",
+            "INSERT INTO fresh VALUES (1), (2), (3)",
+            f"CREATE TABLE {outside}.later (id INT PRIMARY KEY)",
+            database=database,
+        )
+        worker.wait_for_log(f"relay {SOURCE}: snapshot of {database}.moved done: 500 rows", 120)
+        worker.wait_for_log(f"relay {SOURCE}: snapshot of {database}.fresh done", 60)
+        log = worker.log()
+        assert f"relay {SOURCE}: snapshot of {database}.moved queued: a new table" in log
+        assert f"{outside}.later" not in log and f"{outside}.stays" not in log
+        messages = read_topic(spec.topic, count_then_settle(503, 3.0), timeout=60)
+        moved = snapshot_reads(messages, "moved")
+        assert sorted(e["after"]["id"] for e in moved) == list(range(1, 501))
+        assert all(e["before"] is None and e["source"]["db"] == database for e in moved)
+        assert [e["after"]["id"] for e in moved if e["source"]["snapshot"] == "last"] == [500]
+        fresh = [m["value"] for m in messages if m["value"]["source"]["table"] == "fresh"]
+        assert {e["after"]["id"] for e in fresh if e["op"] == "c"} == {1, 2, 3}
+        assert all(e["op"] in ("c", "r") for e in fresh)
+        assert worker.stop() == 0
+    finally:
+        sql(f"DROP DATABASE IF EXISTS {outside}", database=database)
+
+
+def test_snapshot_new_tables_snapshots_tables_a_config_change_adds(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str
+) -> None:
+    """The include list grows between two runs: the next start snapshots the tables it adds,
+    and only those, once; a start with the same config queues nothing."""
+    sql(
+        "CREATE TABLE a (id INT PRIMARY KEY)",
+        "INSERT INTO a SELECT seq FROM seq_1_to_300",
+        "CREATE TABLE b (id INT PRIMARY KEY, note VARCHAR(20))",
+        "INSERT INTO b SELECT seq, 'existing' FROM seq_1_to_700",
+        database=database,
+    )
+    spec = source_spec(make_config, database, include=[f"{database}.a"], snapshot_new_tables=True)
+    first = workers.start(make_config(sources=[spec]))
+    first.wait_for_log(f"relay {SOURCE}: reading")
+    sql("INSERT INTO a VALUES (301)", database=database)
+    read_topic(spec.topic, count_then_settle(1, 1.0), timeout=60)
+    assert first.stop() == 0
+    assert not snapshot_lines(first.log())
+    spec.include = [f"{database}.a", f"{database}.b"]
+    second = workers.start(make_config(sources=[spec]))
+    second.wait_for_log(f"relay {SOURCE}: snapshot of {database}.b done: 700 rows", 120)
+    assert f"snapshot of {database}.b queued: newly included by the config" in second.log()
+    assert second.stop() == 0
+    third = workers.start(make_config(sources=[spec]))
+    third.wait_for_log(f"relay {SOURCE}: reading")
+    sql("INSERT INTO b VALUES (701, 'new')", database=database)
+    messages = read_topic(spec.topic, count_then_settle(703, 3.0), timeout=60)
+    assert third.stop() == 0
+    assert not snapshot_lines(third.log())
+    assert snapshot_reads(messages, "a") == []
+    reads = snapshot_reads(messages, "b")
+    assert sorted(e["after"]["id"] for e in reads) == list(range(1, 701))
+    assert [m["value"]["after"]["id"] for m in messages if m["value"]["op"] == "c"] == [301, 701]
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -452,15 +524,8 @@ def test_aesop_snapshot_refuses_what_it_cannot_take_in_one_line(
         f"GRANT ALL ON aesop.* TO '{user}'@'%'",
     )
     try:
-        spec = SourceSpec(
-            name=SOURCE,
-            include=[f"{database}.*"],
-            server_id=7000 + random.randrange(10**8),
-            start=master_position(),
-            topic=f"aesop.{make_config.app_id}",
-            mysql=f"mysql://{user}:pw@127.0.0.1:3306",
-            snapshot_chunk=1,
-        )
+        spec = source_spec(make_config, database, mysql=f"mysql://{user}:pw@127.0.0.1:3306",
+                           snapshot_chunk=1)  # fmt: skip
         config = make_config(sources=[spec])
 
         def refused(*args: str) -> str:

@@ -24,6 +24,7 @@ class SourceSpec:
     mysql: str = "mysql://root@127.0.0.1:3306"
     snapshot: str | None = None  # written only when set, as "start" when not empty
     snapshot_chunk: int | None = None
+    snapshot_new_tables: bool | None = None
 
     def toml(self) -> str:
         text = (
@@ -39,6 +40,8 @@ class SourceSpec:
             text += f'snapshot = "{self.snapshot}"\n'
         if self.snapshot_chunk is not None:
             text += f"snapshot_chunk = {self.snapshot_chunk}\n"
+        if self.snapshot_new_tables is not None:
+            text += f"snapshot_new_tables = {str(self.snapshot_new_tables).lower()}\n"
         return text
 
 
