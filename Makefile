@@ -4,7 +4,7 @@ VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status venv demo test lint bench soak cluster-test
+.PHONY: help up down status venv demo test lint bench soak cluster-test proof
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ demo: up venv ## Run a worker on a sample database with a load generator; watch 
 test: up venv ## Run the unit tier, then the tests against the local stack
 	cd $(ROOT) && $(PY) -m pytest -m "not stack"
 	cd $(ROOT) && $(PY) -m pytest -m stack
+
+proof: up venv ## The snapshot proof alone: 1,000,000 rows snapshotted twice under writes and kill -9s (AESOP_PROOF_ROWS=...)
+	cd $(ROOT) && $(PY) -m pytest -s tests/test_snapshot_proof.py
 
 lint: venv ## ruff lint and format check, mypy
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

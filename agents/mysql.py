@@ -10,7 +10,10 @@ source's columns (more columns are fine: they keep their defaults).
 - ``d``: a delete by primary key.
 - A table without a primary key (event ``key`` null): an update or delete removes one row
   equal to ``before`` in every column (``LIMIT 1``), an insert or update inserts ``after``.
-  Re-applying such a change would leave a duplicate row: see the applied offsets below.
+  Re-applying such a change would leave a duplicate row: see the applied offsets below. Its
+  snapshot (``r`` events, the whole table read at once) replaces the destination's rows: the
+  first (``txn.seq`` 0) deletes them all, so a snapshot read again after a crash, or asked
+  again later, leaves the table as the source had it, not its rows twice.
 
 Values come back from their JSON forms losslessly, by the destination column's type (read
 once per table from information_schema): base64 for binary strings, SET lists, JSON

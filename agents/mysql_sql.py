@@ -128,6 +128,11 @@ def steps(
         target = table(database or source["db"], source["table"])
         op, key, before, after = event["op"], event.get("key"), event["before"], event["after"]
         if key is None:
+            if op == "r" and event["txn"]["seq"] == 0:
+                # A keyless table's snapshot is the whole table, read at once: its first row
+                # replaces what the destination holds (a re-read after a crash, or a later
+                # snapshot of the table, would otherwise add every row again).
+                found.append(("clear", target, (), {}))
             if op in "ud" and before is not None:
                 found.append(("delete_row", target, tuple(before), before))
             if op in "cur" and after is not None:
@@ -155,7 +160,7 @@ def statements(steps: list[Step], escape: Escape) -> list[str]:
             step[0] != first[0]
             or step[1] is not first[1]  # tables are cached: one object per table
             or step[2] != first[2]
-            or step[0] == "delete_row"
+            or step[0] in ("delete_row", "clear")
             or size > STATEMENT_BYTES
         ):
             found.append(statement(group, escape))
@@ -170,6 +175,8 @@ def statements(steps: list[Step], escape: Escape) -> list[str]:
 def statement(group: list[Step], escape: Escape) -> str:
     """One INSERT (``upsert``: ON DUPLICATE KEY UPDATE) or DELETE for steps of one kind."""
     kind, table, names, _ = group[0]
+    if kind == "clear":
+        return f"DELETE FROM {table.name}"
     columns = [table.column(name) for name in names]
 
     def literals(values: dict[str, Any]) -> list[str]:

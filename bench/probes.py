@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -202,6 +203,5 @@ def clean_up_run(prefix: str, groups: list[str], app_ids: list[str], tmp: Path) 
     with contextlib.suppress(Exception):
         zk.stop()
         zk.close()
-    for path in tmp.iterdir():
-        path.unlink()
-    tmp.rmdir()
+    # The worker's data directories are directories: remove the whole tree.
+    shutil.rmtree(tmp, ignore_errors=True)

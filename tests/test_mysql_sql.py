@@ -33,6 +33,7 @@ def change(op: str, key: dict[str, Any] | None, before: Any, after: Any, **at: A
         "key": key,
         "before": before,
         "after": after,
+        "txn": {"seq": at.get("seq", 0), "last": True},
     }
     return Change.of(
         orjson.dumps(event),
@@ -84,6 +85,18 @@ def test_a_keyless_update_removes_one_equal_row_exactly_then_inserts() -> None:
     ]
     two = [change("d", None, {"id": i}, None) for i in (1, 2)]
     assert len(render(*two)) == 2, "LIMIT 1 is per row: row deletes never share a statement"
+
+
+def test_a_keyless_tables_snapshot_replaces_its_rows_from_its_first_row() -> None:
+    first, second = (change("r", None, None, {"id": i, "name": "x"}, seq=i) for i in (0, 1))
+    assert render(first, second) == [
+        "DELETE FROM `dst`.`t`",
+        "INSERT INTO `dst`.`t` (`id`,`name`) VALUES (0,'x'),(1,'x')",
+    ]
+    # A batch that starts inside the snapshot (the rest of it) keeps what came before.
+    assert render(second) == ["INSERT INTO `dst`.`t` (`id`,`name`) VALUES (1,'x')"]
+    keyed = change("r", {"id": 0}, None, {"id": 0, "name": "x"}, seq=0)
+    assert not any(sql.startswith("DELETE") for sql in render(keyed))
 
 
 def test_json_values_are_written_compact_and_the_source_database_is_used_without_one() -> None:

@@ -57,27 +57,29 @@ class Churn(threading.Thread):
             with pymysql.connect(**mysql_url(self.database).connect_args()) as conn:
                 cur = conn.cursor()
                 while not self._halt.is_set() and self.done < 50_000:
-                    for _ in range(rng.randint(1, 3)):
-                        pick = 0.0 if self.updates_only else rng.random()
-                        row_id = rng.randint(1, self.next_id)
-                        if pick < 0.6:
-                            cur.execute(
-                                "UPDATE items SET v = v + 1, note = CONCAT('u', v) WHERE id = %s",
-                                (row_id,),
-                            )
-                        elif pick < 0.8:
-                            cur.execute("DELETE FROM items WHERE id = %s", (row_id,))
-                        else:
-                            self.next_id += 1
-                            cur.execute(
-                                "INSERT INTO items VALUES (%s, 0, 'new', 1.25, NOW(3))",
-                                (self.next_id,),
-                            )
+                    self.step(cur, rng)
                     conn.commit()
                     self.done += 1
                     time.sleep(self.pause)
         except BaseException as exc:
             self.error = exc
+
+    def step(self, cur: Any, rng: random.Random) -> None:
+        """One transaction's statements."""
+        for _ in range(rng.randint(1, 3)):
+            pick = 0.0 if self.updates_only else rng.random()
+            row_id = rng.randint(1, self.next_id)
+            if pick < 0.6:
+                cur.execute(
+                    "UPDATE items SET v = v + 1, note = CONCAT('u', v) WHERE id = %s", (row_id,)
+                )
+            elif pick < 0.8:
+                cur.execute("DELETE FROM items WHERE id = %s", (row_id,))
+            else:
+                self.next_id += 1
+                cur.execute(
+                    "INSERT INTO items VALUES (%s, 0, 'new', 1.25, NOW(3))", (self.next_id,)
+                )
 
     def finish(self) -> None:
         self._halt.set()
