@@ -31,10 +31,10 @@ demo: up venv ## Run a worker on a sample database with a load generator; watch 
 
 test: up venv ## Run the unit tier, then the tests against the local stack
 	cd $(ROOT) && $(PY) -m pytest -m "not stack"
-	cd $(ROOT) && $(PY) -m pytest -m stack
+	cd $(ROOT) && $(PY) -m pytest -m "stack and not proof"
 
 proof: up venv ## The snapshot proof alone: 1,000,000 rows snapshotted twice under writes and kill -9s (AESOP_PROOF_ROWS=...)
-	cd $(ROOT) && $(PY) -m pytest -s tests/test_snapshot_proof.py
+	cd $(ROOT) && $(PY) -m pytest -s -m proof
 
 lint: venv ## ruff lint and format check, mypy
 	cd $(ROOT) && $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

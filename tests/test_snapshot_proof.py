@@ -3,8 +3,8 @@ that updates, deletes and inserts throughout; an initial snapshot, then an incre
 re-snapshot of both while streaming, with a worker killed -9 in the middle of each; the
 ``mysql`` consumer's destination ends equal to the source, row for row.
 
-Run by ``make proof`` (``AESOP_PROOF_ROWS`` sets the keyed table's size; 1,000,000 by
-default) and by ``.ci/run``.
+A few minutes long, so ``make test`` leaves it out: ``make proof`` runs it
+(``AESOP_PROOF_ROWS`` sets the keyed table's size; 1,000,000 by default).
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from tests.support.zookeeper import zk_get
 from tests.test_snapshot import FAST_TAKEOVER, SOURCE, Churn, kill_once_under_way, source_spec
 
 # Minutes, not seconds: two million-row snapshots, two takeovers, and the replica's catching up.
-pytestmark = [pytest.mark.usefixtures("drop_test_resources"), pytest.mark.timeout(1800)]
+pytestmark = [
+    pytest.mark.usefixtures("drop_test_resources"),
+    pytest.mark.timeout(1800),
+    pytest.mark.proof,
+]
 
 ROWS = int(os.environ.get("AESOP_PROOF_ROWS", "1000000"))
 KEYLESS_ROWS = 20_000

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
+import pytest
 
 from app.settings import MySQLURL
 from relay.binlog_status import binary_log_status
@@ -202,6 +203,12 @@ MATRIX = {
     "mariadb10": StackServer("mariadb", "MariaDB 10.11", 3306, "mariadb"),
     **STACK_SERVERS,
 }
+
+
+def on_servers(*idents: str) -> pytest.MarkDecorator:
+    """Run a test of the ``server`` fixture on these servers of the matrix only (a fault test
+    that takes a minute per server runs where the servers differ most: MariaDB and MySQL)."""
+    return pytest.mark.parametrize("matrix_server", list(idents), indirect=True)
 
 
 @dataclass(frozen=True)
