@@ -37,6 +37,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from app.errors import LibraryVersionError
+from app.kafka_start import WaitingConsumer
 from app.producer import IdempotentProducer
 
 DELIVERY_WAIT_S = 0.002  # how often a fetched round looks for room in the agent's queue
@@ -86,8 +87,9 @@ class RoundTopic(faust.Topic):
     """A topic whose messages reach its stream as :class:`Round` values."""
 
 
-class RoundConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, delivering the messages of a RoundTopic a round at a time."""
+class RoundConsumer(WaitingConsumer):
+    """Faust's aiokafka consumer, delivering the messages of a RoundTopic a round at a time
+    (and, like the worker's own, waiting for Kafka at start: see app.kafka_start)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

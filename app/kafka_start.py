@@ -79,7 +79,7 @@ class WaitingConsumerThread(AIOKafkaConsumerThread):
         self._consumer = await start_waiting(
             self,
             lambda: self._create_consumer(loop=self.thread_loop),
-            "consumer",
+            f"consumer of {self.app.conf.id}",
             broker_list(self.app),
         )
 
@@ -92,6 +92,7 @@ class WaitingConsumer(Consumer):
 
 
 def install(app: Any) -> None:
-    """Make the app's consumer wait for Kafka at start (call before it is first used)."""
+    """Make the app's consumer wait for Kafka at start (call before it is first used). The
+    consumer apps' transport (agents.fetch) has a WaitingConsumer of its own."""
     assert app._consumer is None, "the consumer was made before install()"
     app.transport.Consumer = WaitingConsumer

@@ -62,7 +62,8 @@ class IdempotentProducer(Producer):
         """Start the aiokafka producer, waiting for Kafka (one line per attempt) while down."""
         await BaseProducer.on_start(self)
         brokers = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker_producer)
-        producer = await start_waiting(self, self._new_producer, "producer", brokers)
+        role = f"producer of {self.app.conf.id}"
+        producer = await start_waiting(self, self._new_producer, role, brokers)
         if producer is not None:
             self._producer = producer
             self.beacon.add(producer)

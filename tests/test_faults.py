@@ -540,7 +540,7 @@ def test_kafka_gone_between_the_producer_and_the_consumer_start_is_waited_for(
     bootstrap waits (one line per attempt) instead of crashing the worker, and changes flow once
     Kafka answers again."""
     server.sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))")
-    first, _, topic = start_worker(workers, tmp_path, unique, server)
+    first, app_id, topic = start_worker(workers, tmp_path, unique, server)
     assert first.stop() == 0
     kafka_port = int(KAFKA.rsplit(":", 1)[1])
     with Gate(kafka_port) as gate:
@@ -549,7 +549,9 @@ def test_kafka_gone_between_the_producer_and_the_consumer_start_is_waited_for(
         server.sql(f"INSERT INTO {TABLE} VALUES (1, 'while refused')")
         gate.refuse_after(1)  # the producer's bootstrap, and no other
         worker = workers.start(config)
-        waiting = re.compile(rf"kafka 127\.0\.0\.1:{gate.port}: consumer: .*; waiting for it")
+        waiting = re.compile(
+            rf"kafka 127\.0\.0\.1:{gate.port}: consumer of {app_id}: .*; waiting for it"
+        )
         wait_until(lambda: len(waiting.findall(worker.log())) >= 2, timeout=60,
                    what="two waiting lines from the consumer")  # fmt: skip
         assert worker.proc.poll() is None, "the worker exited while Kafka refused it"

@@ -77,3 +77,13 @@ def test_other_errors_are_not_waited_for() -> None:
 
     with pytest.raises(ValueError):
         asyncio.run(start_waiting(FakeService(), lambda: Broken([]), "consumer", "x:1"))
+
+
+def test_the_worker_and_every_consumer_app_start_their_consumer_through_the_waiting_loop() -> None:
+    """The worker's app gets its WaitingConsumer from install(); each [[consumer]] app from
+    its transport (agents.fetch): both run a WaitingConsumerThread."""
+    from agents.fetch import RoundTransport
+    from app.kafka_start import WaitingConsumer
+
+    assert issubclass(RoundTransport.Consumer, WaitingConsumer)
+    assert RoundTransport.Consumer._new_consumer_thread is WaitingConsumer._new_consumer_thread
