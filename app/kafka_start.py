@@ -66,9 +66,10 @@ async def start_waiting(
     return None
 
 
-def broker_list(app: Any) -> str:
-    """The brokers a worker bootstraps from, as host:port,host:port for log lines."""
-    return ",".join(f"{url.host}:{url.port}" for url in app.conf.broker_consumer)
+def broker_list(urls: Any) -> str:
+    """Brokers (an app's ``conf.broker_consumer`` or ``broker_producer``) as host:port,... for
+    log lines."""
+    return ",".join(f"{url.host}:{url.port}" for url in urls)
 
 
 class WaitingConsumerThread(AIOKafkaConsumerThread):
@@ -80,7 +81,7 @@ class WaitingConsumerThread(AIOKafkaConsumerThread):
             self,
             lambda: self._create_consumer(loop=self.thread_loop),
             f"consumer of {self.app.conf.id}",
-            broker_list(self.app),
+            broker_list(self.app.conf.broker_consumer),
         )
 
 

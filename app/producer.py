@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTime
 from faust.transport.drivers.aiokafka import Producer
 from faust.transport.producer import Producer as BaseProducer
 
-from app.kafka_start import BOOTSTRAP, start_waiting
+from app.kafka_start import BOOTSTRAP, broker_list, start_waiting
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class IdempotentProducer(Producer):
     async def on_start(self) -> None:
         """Start the aiokafka producer, waiting for Kafka (one line per attempt) while down."""
         await BaseProducer.on_start(self)
-        brokers = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker_producer)
+        brokers = broker_list(self.app.conf.broker_producer)
         role = f"producer of {self.app.conf.id}"
         producer = await start_waiting(self, self._new_producer, role, brokers)
         if producer is not None:

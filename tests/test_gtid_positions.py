@@ -18,7 +18,7 @@ from tables.positions import Checkpoint, Position
 from tests.support.mysql import server_id
 from tests.support.servers import BINLOG_ON, RootOnLoopback, StackServer, start_private_server
 from tests.support.stack import wait_until
-from tests.test_reader import Collected
+from tests.test_reader import Collected, run_until
 
 MARIADB_10 = StackServer("mariadb", "MariaDB 10.11", 3306, "mariadb")
 SERVERS = ("mariadb", "mariadb11", "mysql8")
@@ -67,24 +67,7 @@ def read(
     as soon as ``stop_after`` are in, to stop it mid-way)."""
     handoff = Collected() if stop_after is None else FirstBatches(stop_after)
     reader = BinlogReader(source, checkpoint.position, checkpoint.last, handoff)  # type: ignore[arg-type]
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            reader.run()
-        except BaseException as exc:  # raised again in the test's thread
-            failed.append(exc)
-
-    enough = count if stop_after is None else stop_after
-    thread = threading.Thread(target=run, name="binlog-reader", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: failed or len(handoff.events()) >= enough, 60, f"{enough} events")
-    finally:
-        reader.stop()
-        thread.join(10)
-    if failed:
-        raise failed[0]
+    run_until(reader, handoff, count if stop_after is None else stop_after, 60)
     return handoff.events(), reader
 
 

@@ -33,6 +33,7 @@ from app.settings import MySQLURL, SourceSettings
 from relay import binlog
 from relay.handoff import Batch
 from tables.positions import Position, scn_of
+from tests.support.stack import wait_until
 
 FILE = "mysql-bin.000007"
 SOURCE = SourceSettings(
@@ -86,6 +87,28 @@ class Collected:
 
     def keys_of_changes(self) -> list[dict[str, Any]]:
         return [orjson.loads(c.key) for b in self.batches for c in b.changes]
+
+
+def run_until(reader: Any, handoff: Collected, count: int, timeout: float) -> None:
+    """Run ``reader`` on a thread until ``handoff`` holds ``count`` change events, then stop
+    it; an error the reader raised is raised again here."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            reader.run()
+        except BaseException as exc:  # raised again in the test's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="binlog-reader", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: failed or len(handoff.events()) >= count, timeout, f"{count} events")
+    finally:
+        reader.stop()
+        thread.join(10)
+    if failed:
+        raise failed[0]
 
 
 def event(cls: type, pos: int, size: int = 50, **attrs: Any) -> Any:

@@ -6,7 +6,6 @@ settings, a caching_sha2_password login, `aesop check`, and the relay's reader o
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,9 +19,8 @@ from tables.positions import Position
 from tests.support.config import ConfigFactory, SourceSpec
 from tests.support.mysql import server_id
 from tests.support.servers import StackServer
-from tests.support.stack import wait_until
 from tests.test_preflight import aesop_check
-from tests.test_reader import Collected
+from tests.test_reader import Collected, run_until
 
 BINLOG = {
     "log_bin": "ON",
@@ -168,23 +166,7 @@ def read_handoff(
     )
     handoff = Collected()
     reader = BinlogReader(source, Position(*start), skip, handoff)  # type: ignore[arg-type]
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            reader.run()
-        except BaseException as exc:  # raised again in the test's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="binlog-reader", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: failed or len(handoff.events()) >= count, 30, f"{count} change events")
-    finally:
-        reader.stop()
-        thread.join(10)
-    if failed:
-        raise failed[0]
+    run_until(reader, handoff, count, 30)
     return handoff
 
 
