@@ -7,6 +7,7 @@ from bench.soak_check import (
     Event,
     Verdict,
     all_clear,
+    check_duplicates,
     check_partition_order,
     clear_through,
     seconds_to,
@@ -20,8 +21,26 @@ def outage(kind: str, started: float, back: float) -> FaultRecord:
     return FaultRecord(PlannedFault(kind, 0.0, down=back - started), started=started, back=back)
 
 
-def kill(at: float) -> FaultRecord:
-    return FaultRecord(PlannedFault("kill9", 0.0, slot="a"), started=at, back=at, crashed_at=at)
+def kill(at: float, relay_owner: bool | None = None) -> FaultRecord:
+    return FaultRecord(PlannedFault("kill9", 0.0, slot="a"), started=at, back=at, crashed_at=at,
+                       relay_owner=relay_owner)  # fmt: skip
+
+
+def test_only_a_crash_of_the_relays_worker_explains_a_duplicate() -> None:
+    def event(received: float, offset: int) -> Event:
+        return Event(received, 0, offset, {"id": 1}, {"scn": 7, "row": 0, "op": "c"})
+
+    events = [event(10.0, 0), event(40.0, 1)]  # the same (scn, row) twice
+    for faults, unexplained in [
+        ([kill(30.0, relay_owner=True)], 0),
+        ([kill(30.0, relay_owner=False)], 1),  # another worker: its crash re-publishes nothing
+        ([kill(30.0, relay_owner=True), kill(35.0, relay_owner=False)], 0),
+        ([], 1),
+    ]:
+        verdict = Verdict()
+        check_duplicates(events, faults, verdict)
+        assert (verdict.duplicates, verdict.duplicates_without_crash) == (1, unexplained)
+        assert bool(verdict.failures) == bool(unexplained)
 
 
 def test_recovery_counts_from_the_end_of_every_outage_under_way() -> None:
