@@ -138,8 +138,11 @@ class Workers:
         """Whether the worker's log says it runs the relay of ``source`` right now."""
         log = self.current[slot].log()
         started = log.rfind(f"relay {source}: reading mysql")
-        revoked = log.rfind(f"relay {source}: partition")  # revoked, or no longer active here
-        return started > revoked
+        stopped = max(
+            log.rfind(f"relay {source}: partition"),  # revoked, or no longer active here
+            log.rfind(f"relay {source}: stopped"),  # drained after its lease lapsed
+        )
+        return started > stopped
 
     def close(self) -> None:
         """SIGTERM every worker still running, SIGKILL those that do not go in 20 s."""

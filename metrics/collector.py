@@ -16,11 +16,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from relay.snapshot import INCREMENTAL, INITIAL
-from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED
+from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED, STOPPING
 from tables.paths import applied_key
 from tables.positions import AppliedPosition
 
-STATES = (STARTING, READING, RETRYING, FAILED, STOPPED)
+STATES = (STARTING, READING, RETRYING, FAILED, STOPPING, STOPPED)
 SNAPSHOT_KINDS = (INITIAL, INCREMENTAL)
 Family = CounterMetricFamily | GaugeMetricFamily
 

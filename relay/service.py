@@ -12,6 +12,15 @@ and writes a heartbeat for each relay it runs to ``<zk_root>/heartbeats/<source>
 that sees a source without a fresh heartbeat for ``[lag] unread_seconds`` reports it (``GET
 /health`` is 503, ``/lag`` and ``aesop lag`` say so) and asks the group to rebalance with fresh
 metadata, at most once per ``REJOIN_EVERY_S``.
+
+Two relays of one source must never publish at once, and an assignment alone does not
+guarantee that: a worker cut off from Kafka keeps its partitions until it hears from the
+group again, while the broker has given them to another worker. So a relay publishes only
+under the group lease (:mod:`app.group_lease`), which lapses well before the broker can expire
+the worker; and a worker that is given a source waits, before it starts the relay, until the
+worker named by the source's heartbeat has stopped its relay (``stopped``) or stopped beating
+(``HANDED_OVER_AFTER_S``), at most ``session_timeout`` + ``DRAIN_TIMEOUT_S``; it then resumes
+from the later of its table and the ZooKeeper mirror, which that worker wrote last.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import Any
 from mode import Service
 
 from app.settings import SourceSettings
-from relay.source import SourceRelay
+from relay.source import DRAIN_TIMEOUT_S, STOPPED, UNLEASED, Lease, SourceRelay
 from tables.checkpoints import CheckpointStore
 from tables.paths import heartbeat_path
 
@@ -35,6 +44,8 @@ log = logging.getLogger(__name__)
 RECONCILE_S = 2.0
 REJOIN_EVERY_S = 30.0
 READ_TIMEOUT_S = 2.0
+HANDED_OVER_AFTER_S = 3 * RECONCILE_S  # a heartbeat this old: its writer has stopped beating
+RELEASE_FLUSH_S = 2.0
 
 
 def worker_name(web_port: int) -> str:
@@ -50,6 +61,8 @@ class RelayManager(Service):
         sources: tuple[SourceSettings, ...],
         store: CheckpointStore,
         unread_seconds: float = 10.0,
+        lease: Lease = UNLEASED,
+        session_timeout: float = 45.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -57,6 +70,11 @@ class RelayManager(Service):
         self.sources = sources
         self.unread_seconds = unread_seconds
         self.store = store
+        self.lease = lease
+        # How long a source given to this worker waits for the previous reader to stop.
+        self.handover_wait = session_timeout + DRAIN_TIMEOUT_S
+        self._waiting_since: dict[str, float] = {}
+        self._releasing: set[asyncio.Future[None]] = set()
         self.relays: dict[str, SourceRelay] = {}
         self.worker = worker_name(app.conf.web_port)
         # Per source, the latest heartbeat read from ZooKeeper (None: none there).
@@ -98,11 +116,75 @@ class RelayManager(Service):
                 if name not in wanted:
                     log.info("relay %s: partition no longer active here; stopping", name)
                     await self.relays.pop(name).stop()
-            for name, source in wanted.items():
-                if name not in self.relays:
-                    relay = self.relays[name] = SourceRelay(self.app, source, self.store)
-                    relay.start()
+                    self._release(name)
+                elif self.relays[name].finished:  # fenced, and drained: it may start again
+                    relay = self.relays.pop(name)
+                    log.info("relay %s: stopped after its lease lapsed, checkpoint saved at %s",
+                             name, relay.saved and relay.saved.position)  # fmt: skip
+                    self._release(name)
+            if self.lease.held():
+                for name, source in wanted.items():
+                    if name not in self.relays and await self._free(name):
+                        relay = SourceRelay(self.app, source, self.store, self.lease)
+                        self.relays[name] = relay
+                        relay.start()
             self._beat()
+
+    def _fence(self) -> None:
+        """No word from the group for too long: every relay stops publishing."""
+        if not self.lease.held():
+            for relay in self.relays.values():
+                relay.fence()
+
+    async def _free(self, name: str) -> bool:
+        """Whether no other worker still runs the source, as its heartbeat tells: it says
+        ``stopped``, or is older than ``HANDED_OVER_AFTER_S``, or comes from this worker;
+        unknown (no ZooKeeper) counts as free, and so does a wait past ``handover_wait``."""
+        zk = self.store.zk
+        if not zk.enabled or not zk.connected:
+            return True
+        try:
+            beat = await zk.read(heartbeat_path(name), timeout=READ_TIMEOUT_S)
+        except Exception:  # ZooKeeperUnavailable, or one of kazoo's kinds: cannot tell
+            return True
+        if not isinstance(beat, dict) or not isinstance(beat.get("ts_ms"), int):
+            return True
+        age = time.time() - beat["ts_ms"] / 1000
+        holder = beat.get("worker")
+        if holder == self.worker or beat.get("state") == STOPPED or age > HANDED_OVER_AFTER_S:
+            self._waiting_since.pop(name, None)
+            return True
+        since = self._waiting_since.setdefault(name, time.monotonic())
+        waited = time.monotonic() - since
+        if waited > self.handover_wait:
+            log.warning(
+                "relay %s: %s still beats (state %s) %.0fs after this worker was given the "
+                "source; starting it here",
+                name, holder, beat.get("state"), waited,
+            )  # fmt: skip
+            self._waiting_since.pop(name, None)
+            return True
+        if waited == 0:
+            log.info("relay %s: waiting for %s to stop its relay (state %s)",
+                     name, holder, beat.get("state"))  # fmt: skip
+        return False
+
+    def _release(self, name: str) -> None:
+        """Say, once its checkpoint is in ZooKeeper, that this worker no longer runs ``name``."""
+        zk = self.store.zk
+        if not zk.enabled:
+            return
+
+        async def release() -> None:
+            await zk.flush(RELEASE_FLUSH_S)
+            if name not in self.relays:
+                now_ms = int(time.time() * 1000)
+                document = {"worker": self.worker, "state": STOPPED, "ts_ms": now_ms}
+                zk.publish(heartbeat_path(name), document)
+
+        task = asyncio.ensure_future(release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def on_revoked(self, revoked: set[Any]) -> None:
         topic = self.store.topic
@@ -111,6 +193,7 @@ class RelayManager(Service):
             for name in [n for n in self.relays if self.store.partition_of(n) in lost]:
                 log.info("relay %s: partition revoked; stopping", name)
                 await self.relays.pop(name).stop()
+                self._release(name)
 
     def _beat(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -135,6 +218,7 @@ class RelayManager(Service):
     async def _keep_relays_running(self) -> None:
         if self._closed or not self.sources:
             return
+        self._fence()
         if self.settled():
             await self._reconcile()
         else:
@@ -187,7 +271,10 @@ class RelayManager(Service):
         async with self._lock:
             self._closed = True
             await asyncio.gather(*(relay.stop() for relay in self.relays.values()))
+            names = list(self.relays)
             self.relays.clear()
+            for name in names:
+                self._release(name)
 
     async def on_stop(self) -> None:
         await self.stop_relays()

@@ -7,6 +7,8 @@ The state says what an operator (and ``GET /health``) needs to know about the so
 - ``retrying``: the last attempt failed (``reason``); the relay retries with backoff;
 - ``failed``: it cannot go on without an operator (a purged checkpoint, an undecodable
   event); the error line is logged again and the attempt repeated every ``FAILED_RETRY_S``;
+- ``stopping``: no longer reading; waiting for Kafka to acknowledge what it sent, to save
+  the checkpoint (stopped with the worker, handed over, or the group lease gone);
 - ``stopped``: stopped with the worker or handed to another one.
 """
 
@@ -19,7 +21,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiokafka.errors import KafkaError
 
@@ -48,7 +50,32 @@ STARTING = "starting"
 READING = "reading"
 RETRYING = "retrying"
 FAILED = "failed"
+STOPPING = "stopping"
 STOPPED = "stopped"
+MIRROR_READ_S = 2.0
+
+
+class Lease(Protocol):
+    limit: float
+
+    def held(self) -> bool: ...
+
+    def silence(self) -> float | None: ...
+
+
+class _Unleased:
+    """No group to answer to (a relay run outside a worker)."""
+
+    limit = float("inf")
+
+    def held(self) -> bool:
+        return True
+
+    def silence(self) -> float | None:
+        return None
+
+
+UNLEASED = _Unleased()
 
 
 def _settle(future: asyncio.Future[BaseException | None], outcome: BaseException | None) -> None:
@@ -57,12 +84,24 @@ def _settle(future: asyncio.Future[BaseException | None], outcome: BaseException
 
 
 class SourceRelay:
-    """One source's relay. ``acked`` only ever holds what Kafka acknowledged."""
+    """One source's relay. ``acked`` only ever holds what Kafka acknowledged.
 
-    def __init__(self, app: Any, source: SourceSettings, store: CheckpointStore) -> None:
+    ``lease`` says whether this worker is still a member of its Kafka group (see
+    :mod:`app.group_lease`): a relay publishes nothing once it is gone, not even what its
+    reader already handed over."""
+
+    def __init__(
+        self,
+        app: Any,
+        source: SourceSettings,
+        store: CheckpointStore,
+        lease: Lease | None = None,
+    ) -> None:
         self.app = app
         self.source = source
         self.store = store
+        self.lease: Lease = lease or UNLEASED
+        self.fenced = False
         self.acked: Checkpoint | None = None
         self.saved: Checkpoint | None = None
         self.reading = False
@@ -128,12 +167,47 @@ class SourceRelay:
         self._delays = RECONNECT.delays()
         self._set_state(READING)
 
-    async def stop(self) -> None:
-        """Stop reading, wait for Kafka to acknowledge what was sent, save the checkpoint."""
+    @property
+    def finished(self) -> bool:
+        """Started, and ended (stopped, or halted and drained)."""
+        return self._task is not None and self._task.done()
+
+    @property
+    def halted(self) -> bool:
+        return self._stopping.is_set()
+
+    def halt(self, reason: str | None = None) -> None:
+        """Stop reading at once; what was sent is still acknowledged and saved (``stopping``)
+        before the relay ends."""
         self._stopping.set()
-        self._set_state(STOPPED)
+        if not self.finished:
+            self._set_state(STOPPING, reason)
         if self._reader is not None:
             self._reader.stop()
+
+    def fence(self) -> None:
+        """The group lease is gone: stop reading and publish nothing more (what was sent is
+        still acknowledged and saved); the manager starts the source again, here or on the
+        worker the group gave it to."""
+        if self.fenced:
+            return
+        self.fenced = True
+        silence = self.lease.silence()
+        heard = "never" if silence is None else f"for {silence:.0f}s"
+        self.halt(
+            f"no answer from the Kafka group {heard} (the broker may have given the source "
+            "to another worker): stopped reading until the group confirms this worker"
+        )
+        log.warning("relay %s: %s", self.name, self.reason)
+
+    def _may_publish(self) -> bool:
+        if not self.fenced and not self.lease.held():
+            self.fence()
+        return not self.fenced
+
+    async def stop(self) -> None:
+        """Stop reading, wait for Kafka to acknowledge what was sent, save the checkpoint."""
+        self.halt()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), DRAIN_TIMEOUT_S)
@@ -142,6 +216,7 @@ class SourceRelay:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+        self._set_state(STOPPED)
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -221,12 +296,22 @@ class SourceRelay:
             await self._save()
 
     async def _initial_checkpoint(self) -> Checkpoint | None:
-        """Table, else ZooKeeper mirror, else ``start``; then preflight against the server."""
+        """Table, else ZooKeeper mirror, else ``start``; then preflight against the server.
+
+        The mirror is also taken when it holds a later checkpoint than the table, written
+        after this worker read the table: the last one saved by the worker that ran the
+        source before, when the hand-over came without a rebalance of this worker's table
+        (that worker had lost its group membership). The mirror is written only after the
+        changelog took the checkpoint, so it is never ahead of what Kafka has."""
         checkpoint = self.store.stored(self.name)
         origin = "table"
         if checkpoint is None and self.store.zk.enabled:
             origin = "zookeeper"
             checkpoint = await self._mirrored()
+        elif checkpoint is not None and self.store.zk.enabled:
+            later = await self._later_mirror(checkpoint)
+            if later is not None:
+                checkpoint, origin = later, "zookeeper (later than the table's)"
         if checkpoint is None:
             origin = (
                 "snapshot = initial (the server's current position)"
@@ -246,6 +331,17 @@ class SourceRelay:
             if await self._sleep_or_stop(delay):
                 return None
         return None
+
+    async def _later_mirror(self, stored: Checkpoint) -> Checkpoint | None:
+        """The mirror's checkpoint if it is past ``stored`` and was written after it."""
+        try:
+            mirrored = await self.store.mirrored(self.name, timeout=MIRROR_READ_S)
+        except AesopError as exc:  # ZooKeeper down, or a bad node: the table it is
+            log.info("relay %s: ZooKeeper mirror not compared (%s)", self.name, exc)
+            return None
+        if mirrored is None or mirrored.last <= stored.last or mirrored.ts_ms <= stored.ts_ms:
+            return None
+        return mirrored
 
     async def _mirrored(self) -> Checkpoint | None:
         """The ZooKeeper copy; waits for ZooKeeper rather than guess a start position."""
@@ -350,6 +446,10 @@ class SourceRelay:
                 return failure
             # Whatever queued up meanwhile goes along: fuller record batches per partition.
             batches = [getter.result(), *handoff.take_ready()]
+            if not self._may_publish():
+                for _ in batches:
+                    handoff.done()  # dropped: the reader, stopping, must not wait for room
+                continue
             for batch, futures in zip(batches, await publisher.publish(batches), strict=True):
                 self._in_flight.append((batch, futures))
             self._sent.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app import group_lease
 from app.settings import Settings
 from relay.service import RelayManager
 from tables.checkpoints import CheckpointStore
@@ -17,6 +18,8 @@ def install(app: Any, settings: Settings, store: CheckpointStore) -> RelayManage
         settings.sources,
         store,
         settings.lag.unread_seconds,
+        group_lease.install(app, settings.session_timeout),
+        settings.session_timeout,
         loop=app.loop,
         beacon=app.beacon,
     )

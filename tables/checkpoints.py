@@ -44,8 +44,9 @@ class CheckpointStore:
         data = self.table.data.get(source_name)
         return None if data is None else Checkpoint.from_json(data)
 
-    async def mirrored(self, source_name: str) -> Checkpoint | None:
-        data = await self.zk.read(relay_path(source_name))
+    async def mirrored(self, source_name: str, timeout: float | None = None) -> Checkpoint | None:
+        path = relay_path(source_name)
+        data = await (self.zk.read(path) if timeout is None else self.zk.read(path, timeout))
         return None if data is None else Checkpoint.from_json(data)
 
     async def save(self, source_name: str, checkpoint: Checkpoint) -> None:

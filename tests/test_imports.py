@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
         "app.partitioner",
         "app.assignor",
         "app.kafka_start",
+        "app.group_lease",
         "app.producer",
         "app.logfilter",
         "app.gc_tuning",

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from agents.consumer import Stats
 from metrics.collector import STATES, AesopCollector
-from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED
+from relay.source import FAILED, READING, RETRYING, STARTING, STOPPED, STOPPING
 from tables.positions import Checkpoint, Position, SnapshotProgress
 
 NOW = 1_700_000_000.0
@@ -165,7 +165,7 @@ def test_describe_and_collect_name_the_same_families_with_their_types() -> None:
     collected = {f.name: f.type for f in collector.collect()}
     assert described == collected == FAMILIES
     assert all(f.documentation for f in collector.describe())
-    assert STATES == (STARTING, READING, RETRYING, FAILED, STOPPED)
+    assert STATES == (STARTING, READING, RETRYING, FAILED, STOPPING, STOPPED)
 
 
 def test_nothing_to_report_gives_families_without_samples() -> None:

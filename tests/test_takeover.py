@@ -113,11 +113,25 @@ def test_a_source_no_live_worker_reads_is_reported_everywhere_then_taken_over(
     time.sleep(3)
     assert runs_it(owner, unique), "the relay moved while nothing happened"
 
+    written = 0
+    if how == "frozen":
+        # Quiet, and all of it acknowledged and saved, so that a change published twice can
+        # only come from two relays at once.
+        written = writer.finish()
+        wait_until(lambda: saved_position(unique) == master_position(), 30,
+                   "the checkpoint at the server's position")  # fmt: skip
+
     # The owner freezes or is killed -9 (either way it stays in the group until its session
     # times out): within seconds the other worker reports the source unread, in /health,
     # /lag, /metrics and aesop lag.
     os.kill(owner.proc.pid, signal.SIGSTOP if how == "frozen" else signal.SIGKILL)
     frozen_at = time.monotonic()
+    if how == "frozen":
+        # Committed while it is frozen: its binlog connection holds them, unread.
+        for first in range(written + 1, written + 50, 10):
+            numbers = ", ".join(f"({n}, 'row {n}')" for n in range(first, first + 10))
+            sql(f"INSERT INTO numbers (n, pad) VALUES {numbers}", database=database)
+        written += 50
     try:
 
         def reported() -> tuple[int, dict[str, Any]] | None:
@@ -153,15 +167,30 @@ def test_a_source_no_live_worker_reads_is_reported_everywhere_then_taken_over(
                    "the other worker to take the relay over", every=0.5)  # fmt: skip
         taken_over_after = time.monotonic() - frozen_at
         wait_until(lambda: (health(other_port) or (0,))[0] == 200, 30, "/health 200 again")
+        if how == "frozen":
+            # It wakes up still holding the partition, and changes its reader had not passed
+            # on: the other worker published them already, so it must publish nothing.
+            os.kill(owner.proc.pid, signal.SIGCONT)
+            time.sleep(8)
     finally:
         owner.kill()  # SIGKILL ends a stopped process too
-    written = writer.finish()
-    messages = read_topic(topic, count_then_settle(written, 3.0), timeout=120)
-    numbers = {m["value"]["after"]["n"] for m in messages}
-    assert numbers == set(range(1, written + 1)), f"{written - len(numbers)} rows missing"
+    if how == "frozen":
+        messages = read_topic(topic, count_then_settle(written, 3.0), timeout=120)
+        assert_exactly_once(messages, written)
+        assert f"relay {SOURCE}: no answer from the Kafka group for" in owner.log()
+    else:
+        written = writer.finish()
+        messages = read_topic(topic, count_then_settle(written, 3.0), timeout=120)
+        numbers = {m["value"]["after"]["n"] for m in messages}
+        assert numbers == set(range(1, written + 1)), f"{written - len(numbers)} rows missing"
     print(f"{how}: unread reported after {reported_after:.1f}s, "
           f"taken over after {taken_over_after:.1f}s")  # fmt: skip
     assert other.stop() == 0
+
+
+def saved_position(unique: str) -> str | None:
+    checkpoint = zk_get(f"/aesop-test/t{unique}/relays/{SOURCE}")
+    return None if checkpoint is None else f"{checkpoint['file']}:{checkpoint['pos']}"
 
 
 def get_text(port: int, path: str) -> str:
