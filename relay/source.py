@@ -335,6 +335,8 @@ class SourceRelay:
     async def _later_mirror(self, stored: Checkpoint) -> Checkpoint | None:
         """The mirror's checkpoint if it is past ``stored`` and was written after it."""
         try:
+            # Right after start-up the mirror may still be connecting: give it a moment.
+            await self.store.zk.wait_connected(MIRROR_READ_S)
             mirrored = await self.store.mirrored(self.name, timeout=MIRROR_READ_S)
         except AesopError as exc:  # ZooKeeper down, or a bad node: the table it is
             log.info("relay %s: ZooKeeper mirror not compared (%s)", self.name, exc)
