@@ -8,7 +8,8 @@ the first worker learns it only when it next reaches the coordinator, and until 
 relays would publish the same changes, the second from an older checkpoint.
 
 So every answer of the coordinator that confirms the membership (a heartbeat, a completed
-join) is timed, and a relay publishes only while the last one is younger than
+join, not while a rebalance is under way) is timed from when its request was sent, and a
+relay publishes only while the last one is younger than
 :func:`lease_limit`: well inside the session timeout, so that it has stopped before the
 broker can give its partition away. A relay that finds the lease gone stops reading, lets
 Kafka acknowledge what it already sent and saves its checkpoint; it reads again once the
@@ -34,8 +35,14 @@ def lease_limit(session_timeout: float, heartbeat_interval: float) -> float:
     return max(session_timeout / 2, min(session_timeout - 1, 2 * heartbeat_interval))
 
 
-def _confirm(coordinator: Any) -> None:
-    setattr(coordinator, CONFIRMED_AT, time.monotonic())
+def _confirm(coordinator: Any, sent_at: float) -> None:
+    """The broker heard from this member at ``sent_at`` at the latest, and kept it, unless a
+    rebalance is under way (which may still end without it)."""
+    rejoin = getattr(coordinator, "_rejoin_needed_fut", None)
+    if rejoin is not None and rejoin.done():
+        return
+    if sent_at > getattr(coordinator, CONFIRMED_AT, 0.0):
+        setattr(coordinator, CONFIRMED_AT, sent_at)
 
 
 def patch_coordinator(coordinator_class: Any = GroupCoordinator) -> None:
@@ -52,15 +59,17 @@ def patch_coordinator(coordinator_class: Any = GroupCoordinator) -> None:
         ) from None
 
     async def _do_heartbeat(self: Any) -> bool:
+        sent_at = time.monotonic()
         confirmed = bool(await heartbeat(self))
         if confirmed:
-            _confirm(self)
+            _confirm(self, sent_at)
         return confirmed
 
     async def _do_rejoin_group(self: Any, subscription: Any) -> bool:
+        sent_at = time.monotonic()
         joined = bool(await rejoin(self, subscription))
         if joined:
-            _confirm(self)
+            _confirm(self, sent_at)
         return joined
 
     coordinator_class._do_heartbeat = _do_heartbeat
@@ -71,9 +80,10 @@ def patch_coordinator(coordinator_class: Any = GroupCoordinator) -> None:
 class GroupLease:
     """Whether the worker's consumer heard from its group coordinator recently enough."""
 
-    def __init__(self, app: Any, limit: float) -> None:
+    def __init__(self, app: Any, session_timeout: float, heartbeat_interval: float) -> None:
         self.app = app
-        self.limit = limit
+        self.session_timeout = session_timeout
+        self.limit = lease_limit(session_timeout, heartbeat_interval)
 
     def confirmed_at(self) -> float | None:
         """When (``time.monotonic``) the coordinator last confirmed the membership."""
@@ -95,4 +105,4 @@ class GroupLease:
 
 def install(app: Any, session_timeout: float) -> GroupLease:
     patch_coordinator()
-    return GroupLease(app, lease_limit(session_timeout, app.conf.broker_heartbeat_interval))
+    return GroupLease(app, session_timeout, app.conf.broker_heartbeat_interval)

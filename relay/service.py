@@ -46,6 +46,7 @@ REJOIN_EVERY_S = 30.0
 READ_TIMEOUT_S = 2.0
 HANDED_OVER_AFTER_S = 3 * RECONCILE_S  # a heartbeat this old: its writer has stopped beating
 RELEASE_FLUSH_S = 2.0
+STOP_FLUSH_S = 1.0
 
 
 def worker_name(web_port: int) -> str:
@@ -117,11 +118,15 @@ class RelayManager(Service):
                     log.info("relay %s: partition no longer active here; stopping", name)
                     await self.relays.pop(name).stop()
                     self._release(name)
-                elif self.relays[name].finished:  # fenced, and drained: it may start again
+                elif self.relays[name].fenced and self.relays[name].finished:
+                    # Fenced, and drained: it may start again.
                     relay = self.relays.pop(name)
                     log.info("relay %s: stopped after its lease lapsed, checkpoint saved at %s",
                              name, relay.saved and relay.saved.position)  # fmt: skip
                     self._release(name)
+            for name in list(self._waiting_since):
+                if name not in wanted:  # given elsewhere meanwhile: a later wait starts afresh
+                    del self._waiting_since[name]
             if self.lease.held():
                 for name, source in wanted.items():
                     if name not in self.relays and await self._free(name):
@@ -154,8 +159,11 @@ class RelayManager(Service):
         if holder == self.worker or beat.get("state") == STOPPED or age > HANDED_OVER_AFTER_S:
             self._waiting_since.pop(name, None)
             return True
-        since = self._waiting_since.setdefault(name, time.monotonic())
-        waited = time.monotonic() - since
+        if name not in self._waiting_since:
+            self._waiting_since[name] = time.monotonic()
+            log.info("relay %s: waiting for %s to stop its relay (state %s)",
+                     name, holder, beat.get("state"))  # fmt: skip
+        waited = time.monotonic() - self._waiting_since[name]
         if waited > self.handover_wait:
             log.warning(
                 "relay %s: %s still beats (state %s) %.0fs after this worker was given the "
@@ -164,27 +172,22 @@ class RelayManager(Service):
             )  # fmt: skip
             self._waiting_since.pop(name, None)
             return True
-        if waited == 0:
-            log.info("relay %s: waiting for %s to stop its relay (state %s)",
-                     name, holder, beat.get("state"))  # fmt: skip
         return False
 
     def _release(self, name: str) -> None:
-        """Say, once its checkpoint is in ZooKeeper, that this worker no longer runs ``name``."""
+        """Say, once its checkpoint is in ZooKeeper, that this worker no longer runs ``name``
+        (if ZooKeeper does not take it in time, the heartbeat goes stale instead)."""
+        if self.store.zk.enabled:
+            task = asyncio.ensure_future(self._released(name))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _released(self, name: str, flush_s: float = RELEASE_FLUSH_S) -> None:
         zk = self.store.zk
-        if not zk.enabled:
-            return
-
-        async def release() -> None:
-            await zk.flush(RELEASE_FLUSH_S)
-            if name not in self.relays:
-                now_ms = int(time.time() * 1000)
-                document = {"worker": self.worker, "state": STOPPED, "ts_ms": now_ms}
-                zk.publish(heartbeat_path(name), document)
-
-        task = asyncio.ensure_future(release())
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        if await zk.flush(flush_s) and name not in self.relays:
+            now_ms = int(time.time() * 1000)
+            document = {"worker": self.worker, "state": STOPPED, "ts_ms": now_ms}
+            zk.publish(heartbeat_path(name), document)
 
     async def on_revoked(self, revoked: set[Any]) -> None:
         topic = self.store.topic
@@ -273,8 +276,10 @@ class RelayManager(Service):
             await asyncio.gather(*(relay.stop() for relay in self.relays.values()))
             names = list(self.relays)
             self.relays.clear()
-            for name in names:
-                self._release(name)
+            # Before the mirror stops: it writes what is pending as it stops. Briefly, as the
+            # worker has 10 s to stop in all.
+            await asyncio.gather(*(self._released(name, STOP_FLUSH_S) for name in names),
+                                 *self._releasing)  # fmt: skip
 
     async def on_stop(self) -> None:
         await self.stop_relays()

@@ -82,7 +82,11 @@ class ZooKeeperMirror(Service):
         """Schedule ``document`` (JSON-able) to be written at ``root + path``."""
         if not self.enabled:
             return
-        self._pending[self.root + path] = orjson.dumps(document)
+        node = self.root + path
+        # Written in the order published: a document published after another is never
+        # written before it (a relay's "stopped" after its last checkpoint).
+        self._pending.pop(node, None)
+        self._pending[node] = orjson.dumps(document)
         self._flushed.clear()
         self._wake.set()
 

@@ -60,6 +60,33 @@ def test_only_a_successful_heartbeat_or_join_confirms_the_membership() -> None:
     assert rejoined is not None and rejoined > first
 
 
+class SlowCoordinator:
+    """Answers after a while; a rebalance may be under way (``_rejoin_needed_fut`` done)."""
+
+    def __init__(self, rebalancing: bool) -> None:
+        self._rejoin_needed_fut = SimpleNamespace(done=lambda: rebalancing)
+
+    async def _do_heartbeat(self) -> bool:
+        await asyncio.sleep(0.2)
+        return True
+
+    async def _do_rejoin_group(self, subscription: Any) -> bool:
+        return True
+
+
+def test_a_confirmation_counts_from_when_its_request_was_sent_and_not_during_a_rebalance() -> None:
+    patch_coordinator(SlowCoordinator)
+    steady = SlowCoordinator(rebalancing=False)
+    before = time.monotonic()
+    asyncio.run(steady._do_heartbeat())
+    stamped = getattr(steady, CONFIRMED_AT)
+    assert before <= stamped < before + 0.1, "stamped when the answer came, not when sent"
+    rebalancing = SlowCoordinator(rebalancing=True)
+    asyncio.run(rebalancing._do_heartbeat())
+    asyncio.run(rebalancing._do_rejoin_group(None))
+    assert getattr(rebalancing, CONFIRMED_AT, None) is None
+
+
 def test_a_library_without_the_timed_calls_is_refused_in_one_line() -> None:
     class Other:
         pass
@@ -75,25 +102,49 @@ def app_confirmed(at: float | None) -> Any:
 
 
 def test_the_lease_is_held_while_the_last_confirmation_is_recent() -> None:
-    assert not GroupLease(SimpleNamespace(), 10).held()  # no consumer yet
-    assert not GroupLease(app_confirmed(None), 10).held()  # never confirmed
-    assert GroupLease(app_confirmed(time.monotonic() - 9), 10).held()
-    lapsed = GroupLease(app_confirmed(time.monotonic() - 11), 10)
+    assert not GroupLease(SimpleNamespace(), 20, 3).held()  # no consumer yet
+    assert not GroupLease(app_confirmed(None), 20, 3).held()  # never confirmed
+    assert GroupLease(app_confirmed(time.monotonic() - 9), 20, 3).held()
+    lapsed = GroupLease(app_confirmed(time.monotonic() - 11), 20, 3)
     assert not lapsed.held()
     assert 11 <= lapsed.silence() < 12  # type: ignore[operator]
 
 
 class Lease:
     limit = 10.0
+    session_timeout = 20.0
 
     def __init__(self) -> None:
         self.holds = True
+        self.silent_for = 12.0
 
     def held(self) -> bool:
         return self.holds
 
     def silence(self) -> float | None:
-        return 3.0 if self.holds else 12.0
+        return 3.0 if self.holds else self.silent_for
+
+
+def test_a_relay_fenced_for_longer_than_the_session_saves_no_checkpoint() -> None:
+    saved: list[Any] = []
+
+    async def save(name: str, checkpoint: Any) -> None:
+        saved.append(checkpoint)
+
+    lease = Lease()
+    store = SimpleNamespace(save=save)
+    relay = SourceRelay(SimpleNamespace(), SimpleNamespace(name="shop"), store, lease)  # type: ignore[arg-type]
+    at: dict[int, Any] = {n: SimpleNamespace(position=f"f:{n}") for n in (1, 2, 3)}
+    relay.acked = at[1]
+    asyncio.run(relay._save())
+    relay.acked = at[2]
+    lease.holds = False
+    relay.fence()
+    asyncio.run(relay._save())  # fenced 12 s ago, within the 20 s session: still its own
+    lease.silent_for = 25.0
+    relay.acked = at[3]
+    asyncio.run(relay._save())  # past the session: another worker may own it now
+    assert saved == [at[1], at[2]]
 
 
 def test_a_relay_whose_lease_lapsed_publishes_nothing_it_holds_and_stops_reading() -> None:

@@ -99,9 +99,10 @@ async def test_writes_wait_while_down_and_only_the_latest_document_per_path_goes
     assert not flushed.done()  # still waiting for the writes
     assert await mirror._write_pending() is True
     assert await flushed is True
+    # In the order of their latest publish: what was published last is written last.
     assert client.writes == [
-        (f"{ROOT}/relays/a", doc({"scn": 3})),
         (f"{ROOT}/relays/b", doc({"scn": 5})),
+        (f"{ROOT}/relays/a", doc({"scn": 3})),
     ]
     assert mirror._pending == {}
 
