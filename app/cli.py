@@ -34,7 +34,7 @@ def check_sources(settings: Settings, mirrored: Mirrored | None = None) -> list[
         try:
             start, compression = preflight.check(source, checkpoint)
         except AesopError as exc:
-            lines.append(f"error: {exc}")
+            lines.append(ErrorLine(f"error: {exc}", exc.exit_code))
         else:
             origin = "checkpoint" if checkpoint else f"start = {source.start}"
             found = f"; binlog compression: {compression}" if compression else ""
@@ -42,6 +42,24 @@ def check_sources(settings: Settings, mirrored: Mirrored | None = None) -> list[
                 f"ok: source {source.name!r}: reads from {start.position} ({origin}){found}"
             )
     return lines
+
+
+class ErrorLine(str):
+    """An ``error:`` line of ``aesop check``, with the exit code of its error (2: bad input,
+    such as a GTID set the server cannot serve; 1: anything else)."""
+
+    exit_code: int
+
+    def __new__(cls, text: str, exit_code: int) -> ErrorLine:
+        line = super().__new__(cls, text)
+        line.exit_code = exit_code
+        return line
+
+
+def check_exit_code(lines: list[str]) -> int:
+    """0 without an error line; else the highest exit code among them (1 unless told)."""
+    codes = [getattr(line, "exit_code", 1) for line in lines if line.startswith("error")]
+    return max(codes, default=0)
 
 
 def check_consumers(settings: Settings) -> list[str]:
@@ -139,7 +157,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if line.startswith("error") else sys.stdout)
     if not settings.sources and not settings.consumers:
         print(f"ok: {settings.path}: no [[source]] and no [[consumer]]; nothing to check")
-    return 1 if any(line.startswith("error") for line in lines) else 0
+    return check_exit_code(lines)
 
 
 def cmd_lag(settings: Settings, args: argparse.Namespace) -> int:

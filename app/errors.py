@@ -22,7 +22,14 @@ class PositionLostError(SourceError):
 
 
 class GtidError(SourceError):
-    """A GTID start or checkpoint the server cannot serve: no GTIDs, or another flavour's."""
+    """A GTID start or checkpoint the server cannot serve: no GTIDs, or another flavour's.
+    Bad input rather than a server fault: ``aesop check`` exits 2."""
+
+    exit_code = 2
+
+
+class GtidPurgedError(PositionLostError, GtidError):
+    """A GTID set (a start, a checkpoint's) that lacks transactions the server purged."""
 
 
 class DecodeError(SourceError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pymysql
 
-from app.errors import GtidError, PositionLostError, SourceError
+from app.errors import GtidError, GtidPurgedError, PositionLostError, SourceError
 from app.gtids import GtidSet, parse_for
 from app.settings import SourceSettings
 from relay import binlog_status, snapshot
@@ -271,7 +271,7 @@ def check_not_purged(
 ) -> None:
     missing = gtid_set.missing_from(binlog_status.purged(conn, server.kind, files))
     if missing is not None:
-        raise PositionLostError(
+        raise GtidPurgedError(
             f"source {source.name!r}: {what} lacks {missing}, which the server has purged from "
             "its binlogs; the changes in between are lost to aesop: give a GTID set that "
             "includes the server's purged set (MySQL: SELECT @@gtid_purged; MariaDB: the "

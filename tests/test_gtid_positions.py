@@ -15,9 +15,11 @@ from app.settings import MySQLURL, SourceSettings
 from relay import preflight
 from relay.binlog import ROWS_PER_BATCH, BinlogReader
 from tables.positions import Checkpoint, Position
+from tests.support.config import ConfigFactory, SourceSpec
 from tests.support.mysql import server_id
 from tests.support.servers import BINLOG_ON, RootOnLoopback, StackServer, start_private_server
 from tests.support.stack import wait_until
+from tests.test_preflight import Outcome, aesop_check, assert_one_error
 from tests.test_reader import Collected, run_until
 
 MARIADB_10 = StackServer("mariadb", "MariaDB 10.11", 3306, "mariadb")
@@ -120,7 +122,16 @@ def test_resuming_by_gtid_inside_a_large_transaction_loses_and_repeats_nothing(
     assert again.resume.gtid_set == executed(server)
 
 
-def test_a_purged_gtid_set_is_refused_in_one_line(tmp_path: Path, database: str) -> None:
+def check_of(make_config: ConfigFactory, port: int, database: str, start: str) -> Outcome:
+    """``aesop check`` of one source on the server at ``port``, starting at ``start``."""
+    spec = SourceSpec("gtid", [f"{database}.*"], server_id(), start, "aesop.gtid",
+                      mysql=f"mysql://root@127.0.0.1:{port}")  # fmt: skip
+    return aesop_check(make_config([spec], zookeeper=""))
+
+
+def test_a_purged_gtid_set_is_refused_in_one_line(
+    tmp_path: Path, database: str, make_config: ConfigFactory
+) -> None:
     server = start_private_server(tmp_path / "mariadb", *BINLOG_ON, "--binlog-row-metadata=FULL")
     try:
         server.sql(f"CREATE DATABASE {database}", f"CREATE TABLE {database}.t (id INT PRIMARY KEY)")
@@ -138,6 +149,9 @@ def test_a_purged_gtid_set_is_refused_in_one_line(tmp_path: Path, database: str)
             preflight.preflight(source, None)
         message = str(caught.value)
         assert "purged" in message and "\n" not in message, message
+        # Bad input, not a server fault: aesop check exits 2.
+        assert_one_error(check_of(make_config, server.port, database, f"gtid:{early}"), 2,
+                         "error: source 'gtid': start = 'gtid:...' lacks", "purged")  # fmt: skip
         stored = Checkpoint("mysql-bin.000001", 4, None, 1 << 32 | 4, -1, 0, early)
         with pytest.raises(PositionLostError):
             preflight.preflight(source, stored)
@@ -149,8 +163,12 @@ def test_a_purged_gtid_set_is_refused_in_one_line(tmp_path: Path, database: str)
         server.stop()
 
 
-def test_the_other_flavours_gtid_start_is_refused(mysql8: StackServer, database: str) -> None:
+def test_the_other_flavours_gtid_start_is_refused(
+    mysql8: StackServer, database: str, make_config: ConfigFactory
+) -> None:
     for server, text in ((mysql8, "0-1-5"), (MARIADB_10, f"{executed(mysql8)}")):
         with pytest.raises(GtidError) as caught:
             preflight.preflight(make_source(server, database, f"gtid:{text}"), None)
         assert "GTID set but the server is" in str(caught.value)
+    outcome = check_of(make_config, mysql8.port, database, "gtid:0-1-5")
+    assert_one_error(outcome, 2, "error: source 'gtid': ", "GTID set but the server is")

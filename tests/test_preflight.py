@@ -725,3 +725,18 @@ def test_check_refuses_partial_json_updates_and_passes_where_the_variable_is_abs
         "diff instead of the new row and cannot be decoded: set binlog_row_value_options='' "
         "(SET PERSIST binlog_row_value_options='')"
     )
+
+
+def test_check_exits_2_for_bad_input_and_1_for_any_other_error() -> None:
+    from app.cli import ErrorLine, check_exit_code
+    from app.errors import GtidError, GtidPurgedError, PositionLostError, SourceError
+
+    assert check_exit_code([]) == 0
+    assert check_exit_code(["ok: source 'a': reads from f:4 (start = latest)"]) == 0
+    assert check_exit_code(["ok: a", "error: consumer 'c': cannot import"]) == 1
+    unreachable = ErrorLine("error: unreachable", SourceError.exit_code)
+    purged = ErrorLine("error: purged", GtidPurgedError.exit_code)
+    assert check_exit_code([unreachable]) == 1
+    assert check_exit_code([unreachable, purged, "error: other"]) == 2
+    assert purged == "error: purged" and purged.startswith("error")
+    assert issubclass(GtidPurgedError, PositionLostError) and GtidError.exit_code == 2

@@ -22,7 +22,7 @@ from tests.support.kafka import count_then_settle, read_topic
 from tests.support.mysql import master_position, mysql_url, sql
 from tests.support.replica import assert_converges, consumer_toml, create_schema
 from tests.support.servers import ServerDatabase
-from tests.support.stack import wait_until
+from tests.support.stack import Stack, wait_until
 from tests.support.workers import Worker, WorkerFactory
 from tests.support.zookeeper import zk_get
 from tests.test_mysql_handler import SCHEMA, wide_workload, workload
@@ -184,6 +184,45 @@ def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
         body = orjson.dumps({**message["value"], "ts_ms": 0})
         assert by_ident.setdefault(ident, body) == body, f"{ident} published as two events"
     assert len(set(idents)) <= len(idents)
+    assert replayed(messages) == source_rows(database)
+
+
+def test_initial_snapshot_resumes_from_its_last_chunk_after_a_mariadb_restart(
+    workers: WorkerFactory, make_config: ConfigFactory, database: str, stack: Stack
+) -> None:
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
+        " amount DECIMAL(10,2), at DATETIME(3))",
+        f"INSERT INTO items SELECT seq, 0, CONCAT('row ', seq), 10.50, '2024-01-01 00:00:00.5'"
+        f" FROM seq_1_to_{ROWS}",
+        database=database,
+    )
+    topic = f"aesop.{make_config.app_id}"
+    zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
+    # Small chunks: the snapshot is still under way when the server goes.
+    spec = source_spec(make_config, database, start="", snapshot="initial", snapshot_chunk=10)
+    worker = workers.start(make_config(sources=[spec]))
+    worker.wait_for_log(f"relay {SOURCE}: initial snapshot of 1 table(s): {database}.items from")
+    progress = wait_until(
+        lambda: (c := zk_get(zk_path)) and (c.get("snapshot") or {}).get("done", 0) > 0 and c,
+        timeout=120,
+        what="a checkpoint with snapshot progress",
+    )
+    stack.run("restart", "mariadb")
+    # The same relay reconnects and goes on from the chunk it had handed over, not the start.
+    resumed_line = f"relay {SOURCE}: initial snapshot of 1 table(s): {database}.items after key ["
+    worker.wait_for_log(resumed_line, timeout=90)
+    resumed = worker.log().split("items after key [", 1)[1].split("]", 1)[0]
+    assert int(orjson.loads(resumed)) >= int(progress["snapshot"]["after"][0])
+    worker.wait_for_log(f"relay {SOURCE}: initial snapshot done", timeout=180)
+    sql("UPDATE items SET v = 7 WHERE id = 1", database=database)  # and the binlog after it
+    caught_up(zk_path)
+    assert worker.stop() == 0
+    messages = read_topic(topic, count_then_settle(ROWS + 1, 3.0), timeout=120)
+    snapshot_events = [m["value"] for m in messages if m["value"]["op"] == "r"]
+    reread = len(snapshot_events) - ROWS
+    # From the start, every row published before the restart would come again.
+    assert 0 <= reread < progress["snapshot"]["done"], f"{reread} rows published twice"
     assert replayed(messages) == source_rows(database)
 
 
