@@ -87,13 +87,30 @@ class Churn(threading.Thread):
         assert not self.is_alive() and self.error is None, self.error
 
 
-def kill_once_under_way(worker: Worker, zk_path: str) -> dict[str, Any]:
-    """kill -9 the worker once its checkpoint holds some snapshot progress; that checkpoint."""
+def create_items(database: str) -> None:
+    """The ``items`` table, with ROWS rows."""
+    sql(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
+        " amount DECIMAL(10,2), at DATETIME(3))",
+        f"INSERT INTO items SELECT seq, 0, CONCAT('row ', seq), 10.50, '2024-01-01 00:00:00.5'"
+        f" FROM seq_1_to_{ROWS}",
+        database=database,
+    )
+
+
+def under_way(zk_path: str) -> dict[str, Any]:
+    """The mirrored checkpoint, once it holds some snapshot progress."""
     progress: dict[str, Any] = wait_until(
         lambda: (c := zk_get(zk_path)) and (c.get("snapshot") or {}).get("done", 0) > 0 and c,
         timeout=120,
         what="a checkpoint with snapshot progress",
     )
+    return progress
+
+
+def kill_once_under_way(worker: Worker, zk_path: str) -> dict[str, Any]:
+    """kill -9 the worker once its checkpoint holds some snapshot progress; that checkpoint."""
+    progress = under_way(zk_path)
     worker.kill()
     return progress
 
@@ -140,13 +157,7 @@ def source_rows(database: str) -> dict[bytes, dict[str, Any]]:
 def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
     workers: WorkerFactory, make_config: ConfigFactory, database: str
 ) -> None:
-    sql(
-        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
-        " amount DECIMAL(10,2), at DATETIME(3))",
-        f"INSERT INTO items SELECT seq, 0, CONCAT('row ', seq), 10.50, '2024-01-01 00:00:00.5'"
-        f" FROM seq_1_to_{ROWS}",
-        database=database,
-    )
+    create_items(database)
     topic = f"aesop.{make_config.app_id}"
     zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
     spec = source_spec(make_config, database, start="", snapshot="initial")
@@ -190,24 +201,14 @@ def test_initial_snapshot_with_a_kill_9_mid_way_loses_and_misorders_nothing(
 def test_initial_snapshot_resumes_from_its_last_chunk_after_a_mariadb_restart(
     workers: WorkerFactory, make_config: ConfigFactory, database: str, stack: Stack
 ) -> None:
-    sql(
-        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note VARCHAR(40),"
-        " amount DECIMAL(10,2), at DATETIME(3))",
-        f"INSERT INTO items SELECT seq, 0, CONCAT('row ', seq), 10.50, '2024-01-01 00:00:00.5'"
-        f" FROM seq_1_to_{ROWS}",
-        database=database,
-    )
+    create_items(database)
     topic = f"aesop.{make_config.app_id}"
     zk_path = f"/aesop-test/{make_config.app_id}/relays/{SOURCE}"
     # Small chunks: the snapshot is still under way when the server goes.
     spec = source_spec(make_config, database, start="", snapshot="initial", snapshot_chunk=10)
     worker = workers.start(make_config(sources=[spec]))
     worker.wait_for_log(f"relay {SOURCE}: initial snapshot of 1 table(s): {database}.items from")
-    progress = wait_until(
-        lambda: (c := zk_get(zk_path)) and (c.get("snapshot") or {}).get("done", 0) > 0 and c,
-        timeout=120,
-        what="a checkpoint with snapshot progress",
-    )
+    progress = under_way(zk_path)
     stack.run("restart", "mariadb")
     # The same relay reconnects and goes on from the chunk it had handed over, not the start.
     resumed_line = f"relay {SOURCE}: initial snapshot of 1 table(s): {database}.items after key ["
