@@ -82,7 +82,6 @@ class GroupLease:
 
     def __init__(self, app: Any, session_timeout: float, heartbeat_interval: float) -> None:
         self.app = app
-        self.session_timeout = session_timeout
         self.limit = lease_limit(session_timeout, heartbeat_interval)
 
     def confirmed_at(self) -> float | None:

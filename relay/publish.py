@@ -41,17 +41,12 @@ class Publisher:
     so each key's changes reach Kafka in binlog order.
     """
 
-    def __init__(self, producer: Any, topic: str, may_publish: Any = None) -> None:
+    def __init__(self, producer: Any, topic: str) -> None:
         self.producer = producer
         self.topic = topic
-        # Asked before each record batch is submitted (a submit may wait for room): False
-        # stops the round, and what was not submitted is never sent.
-        self.may_publish = may_publish or (lambda: True)
 
-    async def publish(self, batches: Sequence[Batch]) -> list[list[Awaitable[Any]]] | None:
-        """Submit every change of ``batches``; per batch, the futures that acknowledge it.
-        None when ``may_publish`` said no before a submit: some record batches may have been
-        submitted, none after that."""
+    async def publish(self, batches: Sequence[Batch]) -> list[list[Awaitable[Any]]]:
+        """Submit every change of ``batches``; per batch, the futures that acknowledge it."""
         topic = self.topic
         aio = self.producer._ensure_producer()  # faust exposes no public handle on it
         partition_of = self.producer.partitioner
@@ -66,16 +61,12 @@ class Publisher:
                 record_batch = filling.get(partition)
                 if record_batch is None or not record_batch.append(change):
                     if record_batch is not None:
-                        if not self.may_publish():
-                            return None
                         await record_batch.submit(aio, topic, partition)
                     record_batch = filling[partition] = _RecordBatch(aio.create_batch())
                     record_batch.append(change)
                 touched.add(record_batch)
             touched_per_batch.append(touched)
         for partition, record_batch in filling.items():
-            if not self.may_publish():
-                return None
             await record_batch.submit(aio, topic, partition)
         return [
             [record_batch.future for record_batch in touched if record_batch.future is not None]

@@ -57,7 +57,6 @@ MIRROR_READ_S = 2.0
 
 class Lease(Protocol):
     limit: float
-    session_timeout: float
 
     def held(self) -> bool: ...
 
@@ -68,7 +67,6 @@ class _Unleased:
     """No group to answer to (a relay run outside a worker)."""
 
     limit = float("inf")
-    session_timeout = float("inf")
 
     def held(self) -> bool:
         return True
@@ -435,7 +433,7 @@ class SourceRelay:
         acker: asyncio.Future[None],
     ) -> BaseException | None:
         """Send batches as they come until the reader thread ends; return its failure."""
-        publisher = Publisher(self.app.producer, self.source.topic, self._may_publish)
+        publisher = Publisher(self.app.producer, self.source.topic)
         while True:
             getter = asyncio.ensure_future(handoff.get())
             waited: set[asyncio.Future[Any]] = {getter, done, acker}
@@ -450,14 +448,14 @@ class SourceRelay:
                 return failure
             # Whatever queued up meanwhile goes along: fuller record batches per partition.
             batches = [getter.result(), *handoff.take_ready()]
-            submitted = await publisher.publish(batches) if self._may_publish() else None
-            if submitted is None:
-                # Fenced: dropped (what a cut round submitted is not counted as acknowledged),
-                # and the reader, stopping, must not wait for room.
+            # Asked once per round: a round is submitted whole or not at all, so that what
+            # it publishes is tracked, acknowledged and saved (a round cut half-way would be
+            # delivered all the same, and published again from the checkpoint).
+            if not self._may_publish():
                 for _ in batches:
-                    handoff.done()
+                    handoff.done()  # dropped: the reader, stopping, must not wait for room
                 continue
-            for batch, futures in zip(batches, submitted, strict=True):
+            for batch, futures in zip(batches, await publisher.publish(batches), strict=True):
                 self._in_flight.append((batch, futures))
             self._sent.set()
 
@@ -500,17 +498,6 @@ class SourceRelay:
     async def _save(self) -> None:
         checkpoint = self.acked
         if checkpoint is None or checkpoint == self.saved:
-            return
-        silence = self.lease.silence()
-        if self.fenced and (silence is None or silence >= self.lease.session_timeout):
-            # The broker may have given the source to another worker, which saves its own
-            # checkpoints now: a late save of this one could only move them back.
-            log.warning(
-                "relay %s: not saving checkpoint %s: the group has not heard from "
-                "this worker for longer than its session",
-                self.name,
-                checkpoint.position,
-            )
             return
         await self.store.save(self.name, checkpoint)
         self.saved = checkpoint

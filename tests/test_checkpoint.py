@@ -60,6 +60,7 @@ class Relay:
     topic: str
     start: str
     worker: Worker | None = None
+    env: dict[str, str] | None = None  # the worker's environment, beside the test's own
 
     @property
     def zk_path(self) -> str:
@@ -70,7 +71,7 @@ class Relay:
         return f"{self.app_id}-source_to_checkpoint-changelog"
 
     def run(self) -> Worker:
-        self.worker = self.workers.start(self.config)
+        self.worker = self.workers.start(self.config, self.env)
         self.worker.wait_for_log(f"relay {SOURCE}: reading")
         return self.worker
 
@@ -231,6 +232,8 @@ def test_clean_stop_inside_a_large_transaction(workers, tmp_path, unique, server
 def test_kill_9_under_load_loses_nothing(workers, tmp_path, unique, server):
     create_numbers(server)
     relay = make_relay(workers, tmp_path, unique, server)
+    # The next start waits for the killed worker's session to time out: keep it short.
+    relay.env = {"AESOP_SESSION_TIMEOUT": "10"}
     relay.run()
     writer = Writer(server.db, connect=server.connect_args())
     writer.start()

@@ -127,7 +127,11 @@ def stopped(stack: Stack, service: str) -> Iterator[None]:
 
 
 def start_worker(
-    workers: WorkerFactory, tmp_path: Path, unique: str, server: ServerDatabase
+    workers: WorkerFactory,
+    tmp_path: Path,
+    unique: str,
+    server: ServerDatabase,
+    env: dict[str, str] | None = None,
 ) -> tuple[Worker, str, str]:
     """A worker relaying the test's database from the server's current binlog position:
     (worker, app id, topic)."""
@@ -144,7 +148,7 @@ def start_worker(
             )
         ]
     )
-    worker = workers.start(config)
+    worker = workers.start(config, env)
     worker.wait_for_log("relay src: reading", timeout=90)
     return worker, app_id, topic
 
@@ -686,7 +690,9 @@ def test_a_sigterm_while_kafka_is_down_exits_within_the_stop_deadline(
     from app.factory import STOP_DEADLINE_S, STOP_GAVE_UP_EXIT
 
     server.sql(f"CREATE TABLE {TABLE} (id INT PRIMARY KEY, note VARCHAR(32))")
-    worker, _, topic = start_worker(workers, tmp_path, unique, server)
+    # The next start waits for this worker's session to time out: keep it short.
+    short_session = {"AESOP_SESSION_TIMEOUT": "10"}
+    worker, _, topic = start_worker(workers, tmp_path, unique, server, short_session)
     server.sql(f"INSERT INTO {TABLE} VALUES (1, 'before')")
     read_rows(topic, {1}, timeout=30)
     with stopped(stack, "kafka"):
@@ -701,7 +707,7 @@ def test_a_sigterm_while_kafka_is_down_exits_within_the_stop_deadline(
     gave_up = [line for line in log.splitlines() if "still stopping" in line]
     assert len(gave_up) == 1 and "as after a crash" in gave_up[0], gave_up
     assert "Traceback" not in log
-    again = workers.start(worker.config)
+    again = workers.start(worker.config, short_session)
     again.wait_for_log("relay src: reading", timeout=90)
     read_rows(topic, {1, 2}, timeout=60)
     assert again.stop() == 0

@@ -125,28 +125,6 @@ class Lease:
         return 3.0 if self.holds else self.silent_for
 
 
-def test_a_relay_fenced_for_longer_than_the_session_saves_no_checkpoint() -> None:
-    saved: list[Any] = []
-
-    async def save(name: str, checkpoint: Any) -> None:
-        saved.append(checkpoint)
-
-    lease = Lease()
-    store = SimpleNamespace(save=save)
-    relay = SourceRelay(SimpleNamespace(), SimpleNamespace(name="shop"), store, lease)  # type: ignore[arg-type]
-    at: dict[int, Any] = {n: SimpleNamespace(position=f"f:{n}") for n in (1, 2, 3)}
-    relay.acked = at[1]
-    asyncio.run(relay._save())
-    relay.acked = at[2]
-    lease.holds = False
-    relay.fence()
-    asyncio.run(relay._save())  # fenced 12 s ago, within the 20 s session: still its own
-    lease.silent_for = 25.0
-    relay.acked = at[3]
-    asyncio.run(relay._save())  # past the session: another worker may own it now
-    assert saved == [at[1], at[2]]
-
-
 def test_a_relay_whose_lease_lapsed_publishes_nothing_it_holds_and_stops_reading() -> None:
     lease = Lease()
     source = SimpleNamespace(name="shop", topic="aesop.shop")

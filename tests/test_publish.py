@@ -272,20 +272,3 @@ async def test_many_partitions_with_the_default_partitioner() -> None:
         for s in aio.sent:
             touched = any(key in mine for key, _, _ in s.builder.records)
             assert (s.future in fs) == touched
-
-
-async def test_a_round_stops_before_the_first_submit_the_lease_no_longer_allows() -> None:
-    answers = [True, False]  # the first record batch may go, the second may not
-    aio = FakeAio([0, 1], None, capacity=2)
-    asked: list[bool] = []
-
-    def may_publish() -> bool:
-        asked.append(answers[0])
-        return answers.pop(0) if len(answers) > 1 else answers[0]
-
-    publisher = Publisher(FakeProducer(aio, by_prefix), TOPIC, may_publish)
-    # Three record batches' worth on partition 0 (capacity 2), one on partition 1.
-    result = await publisher.publish([batch("0:a", "0:b", "0:c", "1:x"), batch("0:d", "0:e")])
-    assert result is None
-    assert [s.partition for s in aio.sent] == [0], "a record batch went after the lease lapsed"
-    assert asked == [True, False]
