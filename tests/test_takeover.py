@@ -96,6 +96,9 @@ def test_a_source_no_live_worker_reads_is_reported_everywhere_then_taken_over(
     first, first_port = start_worker(workers, config)
     first.wait_for_log(f"relay {SOURCE}: reading", 90)
     second, second_port = start_worker(workers, config)
+    # Joined, not only answering: a worker still in its first join runs no relay manager yet,
+    # and a kill then would leave it waiting out the killed one's session before anything.
+    second.wait_for_log("Worker ready", 90)
     ports = {first.proc.pid: first_port, second.proc.pid: second_port}
     writer = Writer(database)
     writer.start()
