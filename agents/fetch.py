@@ -37,9 +37,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from app.errors import LibraryVersionError
-from app.kafka_start import WaitingConsumer
+from app.kafka_start import WaitingConsumer, WaitingConsumerThread
 from app.producer import IdempotentProducer
 
+FETCH_MAX_WAIT_MS = 100  # how long Kafka may hold a fetch that found nothing new
 DELIVERY_WAIT_S = 0.002  # how often a fetched round looks for room in the agent's queue
 
 FAUST = "faust-streaming"
@@ -87,6 +88,18 @@ class RoundTopic(faust.Topic):
     """A topic whose messages reach its stream as :class:`Round` values."""
 
 
+class RoundConsumerThread(WaitingConsumerThread):
+    """The consumer app's consumer thread: Kafka holds a fetch at most FETCH_MAX_WAIT_MS.
+
+    aiokafka keeps one fetch in flight per broker. A partition left out of it (its previous
+    records were not taken yet when it was sent) waits for its answer, however many changes
+    arrive meanwhile, and Kafka holds a fetch whose partitions are quiet up to
+    ``fetch_max_wait``: faust's 1.5 s showed as 1.4 s gaps between rounds under a steady load,
+    and as the consumer's p99 latency."""
+
+    fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+
+
 class RoundConsumer(WaitingConsumer):
     """Faust's aiokafka consumer, delivering the messages of a RoundTopic a round at a time
     (and, like the worker's own, waiting for Kafka at start: see app.kafka_start)."""
@@ -94,6 +107,9 @@ class RoundConsumer(WaitingConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fetches_started = 0
+
+    def _new_consumer_thread(self) -> WaitingConsumerThread:
+        return RoundConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def _round_channel(self, tp: TP) -> RoundTopic | None:
         channels = self.app.topics._tp_index.get(tp)  # type: ignore[attr-defined]

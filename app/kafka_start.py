@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 from aiokafka.errors import KafkaConnectionError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 
+from app.errors import LibraryVersionError
 from app.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -75,14 +76,28 @@ def broker_list(urls: Any) -> str:
 class WaitingConsumerThread(AIOKafkaConsumerThread):
     """faust's consumer thread, whose aiokafka consumer waits for Kafka to start."""
 
+    # How long Kafka may hold a fetch that found nothing new (None: faust's 1.5 s).
+    fetch_max_wait_ms: int | None = None
+
     async def on_start(self) -> None:
         self.time_started = monotonic()
         self._consumer = await start_waiting(
             self,
-            lambda: self._create_consumer(loop=self.thread_loop),
+            self._new_aiokafka_consumer,
             f"consumer of {self.app.conf.id}",
             broker_list(self.app.conf.broker_consumer),
         )
+
+    def _new_aiokafka_consumer(self) -> Any:
+        consumer = self._create_consumer(loop=self.thread_loop)
+        if self.fetch_max_wait_ms is not None:
+            if not hasattr(consumer, "_fetch_max_wait_ms"):
+                raise LibraryVersionError(
+                    "this aiokafka's consumer has no _fetch_max_wait_ms; install the versions "
+                    "of requirements.lock"
+                )
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
 
 
 class WaitingConsumer(Consumer):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
@@ -82,8 +84,42 @@ def test_other_errors_are_not_waited_for() -> None:
 def test_the_worker_and_every_consumer_app_start_their_consumer_through_the_waiting_loop() -> None:
     """The worker's app gets its WaitingConsumer from install(); each [[consumer]] app from
     its transport (agents.fetch): both run a WaitingConsumerThread."""
+    from agents import fetch
     from agents.fetch import RoundTransport
-    from app.kafka_start import WaitingConsumer
+    from app.kafka_start import WaitingConsumer, WaitingConsumerThread
 
     assert issubclass(RoundTransport.Consumer, WaitingConsumer)
-    assert RoundTransport.Consumer._new_consumer_thread is WaitingConsumer._new_consumer_thread
+    made: list[tuple[Any, dict[str, Any]]] = []
+
+    class Recorder:
+        def __init__(self, consumer: Any, **kwargs: Any) -> None:
+            made.append((consumer, kwargs))
+
+    consumer = SimpleNamespace(loop="loop", beacon="beacon")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fetch, "RoundConsumerThread", Recorder)
+        assert isinstance(RoundTransport.Consumer._new_consumer_thread(consumer), Recorder)
+    assert made == [(consumer, {"loop": "loop", "beacon": "beacon"})]
+    assert issubclass(fetch.RoundConsumerThread, WaitingConsumerThread)
+
+
+def test_a_consumer_apps_fetch_is_held_by_kafka_at_most_100_ms() -> None:
+    """faust asks Kafka to hold a fetch up to 1.5 s; a consumer app's thread creates its
+    aiokafka consumer with FETCH_MAX_WAIT_MS, the worker's own keeps faust's setting."""
+    from agents.fetch import FETCH_MAX_WAIT_MS, RoundConsumerThread
+    from app.errors import LibraryVersionError
+    from app.kafka_start import WaitingConsumerThread
+
+    def made_by(thread_class: type, consumer: Any) -> Any:
+        thread = thread_class.__new__(thread_class)
+        thread._create_consumer = lambda loop: consumer
+        thread.thread_loop = None
+        return thread._new_aiokafka_consumer()
+
+    assert FETCH_MAX_WAIT_MS == 100
+    held = made_by(RoundConsumerThread, SimpleNamespace(_fetch_max_wait_ms=1500))
+    assert held._fetch_max_wait_ms == 100
+    own = made_by(WaitingConsumerThread, SimpleNamespace(_fetch_max_wait_ms=1500))
+    assert own._fetch_max_wait_ms == 1500
+    with pytest.raises(LibraryVersionError, match="_fetch_max_wait_ms"):
+        made_by(RoundConsumerThread, SimpleNamespace())
