@@ -56,8 +56,6 @@ MIRROR_READ_S = 2.0
 
 
 class Lease(Protocol):
-    limit: float
-
     def held(self) -> bool: ...
 
     def silence(self) -> float | None: ...
@@ -65,8 +63,6 @@ class Lease(Protocol):
 
 class _Unleased:
     """No group to answer to (a relay run outside a worker)."""
-
-    limit = float("inf")
 
     def held(self) -> bool:
         return True
@@ -334,9 +330,11 @@ class SourceRelay:
 
     async def _later_mirror(self, stored: Checkpoint) -> Checkpoint | None:
         """The mirror's checkpoint if it is past ``stored`` and was written after it."""
+        # Right after start-up the mirror may still be connecting: give it a moment.
+        if not await self.store.zk.wait_connected(MIRROR_READ_S):
+            log.info("relay %s: ZooKeeper mirror not compared (not connected)", self.name)
+            return None
         try:
-            # Right after start-up the mirror may still be connecting: give it a moment.
-            await self.store.zk.wait_connected(MIRROR_READ_S)
             mirrored = await self.store.mirrored(self.name, timeout=MIRROR_READ_S)
         except AesopError as exc:  # ZooKeeper down, or a bad node: the table it is
             log.info("relay %s: ZooKeeper mirror not compared (%s)", self.name, exc)

@@ -14,7 +14,7 @@ from typing import Any
 from app.settings import Settings
 from tables.paths import relay_path
 from tables.positions import Checkpoint
-from tables.zookeeper import ZooKeeperMirror
+from tables.zookeeper import CALL_TIMEOUT_S, ZooKeeperMirror
 
 TABLE_NAME = "source_to_checkpoint"
 
@@ -44,9 +44,10 @@ class CheckpointStore:
         data = self.table.data.get(source_name)
         return None if data is None else Checkpoint.from_json(data)
 
-    async def mirrored(self, source_name: str, timeout: float | None = None) -> Checkpoint | None:
-        path = relay_path(source_name)
-        data = await (self.zk.read(path) if timeout is None else self.zk.read(path, timeout))
+    async def mirrored(
+        self, source_name: str, timeout: float = CALL_TIMEOUT_S
+    ) -> Checkpoint | None:
+        data = await self.zk.read(relay_path(source_name), timeout)
         return None if data is None else Checkpoint.from_json(data)
 
     async def save(self, source_name: str, checkpoint: Checkpoint) -> None:
